@@ -1,0 +1,23 @@
+# Thin wrapper over the scripts in scripts/ and the go tool.
+PREFIX ?= /usr/local
+GO ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+
+.PHONY: build install test fuzz clean
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/rollbridge ./cmd/rollbridge
+
+install: build
+	install -D -m 0755 bin/rollbridge $(DESTDIR)$(PREFIX)/bin/rollbridge
+
+# The project's test command (the same one CI runs).
+test:
+	scripts/test
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime 10m ./config
+
+clean:
+	rm -rf bin

@@ -1,0 +1,79 @@
+package units
+
+import (
+	"syscall"
+	"testing"
+)
+
+func TestUnitNameRoundTrip(t *testing.T) {
+	cases := []struct {
+		id   Identity
+		want string
+	}{
+		{Identity{App: "hello", Release: "v1", Process: "web", Replicas: 1}, "rollbridge-hello-v1-web.service"},
+		{Identity{App: "shop-front", Release: "2026.1", Process: "background-jobs-worker", Replica: 2, Replicas: 3},
+			`rollbridge-shop\x2dfront-2026.1-background\x2djobs\x2dworker\x232.service`},
+		{Identity{App: "a b", Release: ".hidden", Process: "x/y", Replicas: 1}, `rollbridge-a\x20b-\x2ehidden-x\x2fy.service`},
+	}
+	for _, c := range cases {
+		got := c.id.UnitName()
+		if got != c.want {
+			t.Errorf("UnitName(%+v) = %q, want %q", c.id, got, c.want)
+		}
+		app, rel, inst, ok := ParseUnitName(got)
+		if !ok || app != c.id.App || rel != c.id.Release || inst != c.id.InstanceID() {
+			t.Errorf("ParseUnitName(%q) = %q %q %q %v", got, app, rel, inst, ok)
+		}
+	}
+}
+
+func TestParseUnitNameRejectsForeign(t *testing.T) {
+	for _, n := range []string{"sshd.service", "rollbridge-a-b.service", `rollbridge-a-b-c\x2.service`, "rollbridge-a-b-c.socket", `rollbridge-a-b-c\d.service`} {
+		if _, _, _, ok := ParseUnitName(n); ok {
+			t.Errorf("ParseUnitName(%q) accepted a foreign name", n)
+		}
+	}
+}
+
+func TestIdentityEnvRoundTrip(t *testing.T) {
+	id := Identity{App: "shop", Release: "v9", Process: "worker", Replica: 1, Replicas: 4}
+	env := WithIdentityEnv([]string{"ROLLBRIDGE_PROCESS_ID=override", "A=b"}, id)
+	got, ok := IdentityFromEnv(env)
+	if !ok {
+		t.Fatal("identity not found in env")
+	}
+	if got.Process != "override" {
+		t.Errorf("user-set ROLLBRIDGE_PROCESS_ID must win, got %q", got.Process)
+	}
+	got.Process = id.Process
+	if got != id {
+		t.Errorf("got %+v want %+v", got, id)
+	}
+}
+
+func TestSlicesAndPatterns(t *testing.T) {
+	if got := AppSlice("shop-front"); got != `rollbridge-shop\x2dfront.slice` {
+		t.Errorf("AppSlice = %q", got)
+	}
+	if got := AppUnitPattern("shop-front"); got != `rollbridge-shop\\x2dfront-*.service` {
+		t.Errorf("AppUnitPattern = %q", got)
+	}
+}
+
+func TestSignals(t *testing.T) {
+	if s, ok := ParseSignal("SIGINT"); !ok || s != syscall.SIGINT {
+		t.Errorf("ParseSignal(SIGINT) = %v %v", s, ok)
+	}
+	if _, ok := ParseSignal("SIGNOPE"); ok {
+		t.Error("unknown signal accepted")
+	}
+	if n := SignalName(syscall.SIGABRT); n != "SIGABRT" {
+		t.Errorf("SignalName(SIGABRT) = %q", n)
+	}
+	if n := SignalName(syscall.SIGIO); n != "SIGIO" {
+		t.Errorf("SignalName(SIGIO) = %q", n)
+	}
+	if n := SignalName(syscall.Signal(99)); n != "SIG99" {
+		t.Errorf("SignalName(99) = %q", n)
+	}
+}
