@@ -31,6 +31,10 @@ func runCLI(t *testing.T, dir string, args ...string) result {
 
 func golden(t *testing.T, name, got string) {
 	t.Helper()
+	// Absolute paths differ between checkouts.
+	if wd, err := os.Getwd(); err == nil {
+		got = strings.ReplaceAll(got, wd, "$WD")
+	}
 	path := filepath.Join("testdata", name)
 	if *update {
 		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
@@ -147,11 +151,23 @@ func TestExamplesValidate(t *testing.T) {
 func TestCompletion(t *testing.T) {
 	for _, sh := range []string{"bash", "zsh", "fish"} {
 		r := runCLI(t, ".", "completion", sh)
-		if r.code != 0 || !strings.Contains(r.stdout, "rollbridge") || !strings.Contains(r.stdout, "validate") {
+		if r.code != 0 || !strings.Contains(r.stdout, "rollbridge") || !strings.Contains(r.stdout, "__complete") {
 			t.Errorf("completion %s: code %d, %d bytes", sh, r.code, len(r.stdout))
 		}
 	}
-	r := runCLI(t, ".", "completion", "tcsh")
+	// The scripts ask the binary itself (cobra's __complete), so the live
+	// command and flag definitions are what completes.
+	r := runCLI(t, ".", "__complete", "val")
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "validate\t") {
+		t.Errorf("command completion: %q", r.stdout)
+	}
+	r = runCLI(t, ".", "__complete", "validate", "--")
+	for _, flag := range []string{"--config", "--json"} {
+		if !strings.Contains(r.stdout, flag) {
+			t.Errorf("flag completion lacks %s: %q", flag, r.stdout)
+		}
+	}
+	r = runCLI(t, ".", "completion", "tcsh")
 	if r.code != 1 || r.stderr != "Unsupported shell \"tcsh\". Supported shells: bash, zsh, fish.\n" {
 		t.Errorf("unsupported shell: code %d stderr %q", r.code, r.stderr)
 	}
@@ -176,5 +192,23 @@ func TestVersion(t *testing.T) {
 	r := runCLI(t, ".", "version", "--json")
 	if r.code != 0 || !strings.Contains(r.stdout, `"version"`) {
 		t.Errorf("version: code %d stdout %q", r.code, r.stdout)
+	}
+}
+
+// TestReadmeValidateExample keeps the README's sample output true.
+func TestReadmeValidateExample(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const prompt = "$ rollbridge validate -c examples/invalid/broken.js\n"
+	_, rest, ok := strings.Cut(string(readme), "```text\n"+prompt)
+	if !ok {
+		t.Fatal("README lacks the validate example block")
+	}
+	want, _, _ := strings.Cut(rest, "```")
+	r := runCLI(t, "../..", "validate", "-c", "examples/invalid/broken.js")
+	if r.code != 1 || r.stderr != want {
+		t.Errorf("README example is stale (exit %d):\n--- actual ---\n%s--- README ---\n%s", r.code, r.stderr, want)
 	}
 }

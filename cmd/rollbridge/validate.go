@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -53,7 +54,7 @@ func (a *app) validate(cmd *cobra.Command, explicit string, asJSON bool) error {
 		}
 		return exitError{code: 1}
 	}
-	cfg, issues := config.Check(cmd.Context(), path, config.LoadOptions{Env: a.env})
+	cfg, issues := config.Check(cmd.Context(), a.abs(path), config.LoadOptions{Env: a.env})
 	if asJSON {
 		report := validateReport{Path: &path, Valid: len(issues) == 0, Issues: []issueJSON{}}
 		if cfg != nil && len(issues) == 0 {
@@ -94,4 +95,13 @@ func plural(n int, one, many string) string {
 		return one
 	}
 	return many
+}
+
+// abs resolves a user-given path against the CLI's working directory; the
+// path is still shown to the user as typed.
+func (a *app) abs(p string) string {
+	if filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(a.cwd, p)
 }

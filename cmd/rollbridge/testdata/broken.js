@@ -1,4 +1,4 @@
-// Two proxied processes missing, a duplicate id and a bad port range.
+// No proxied process, a duplicate id, a descending port range and an unknown signal.
 module.exports = {
   application: "golden",
   proxy: {port: 8399},
