@@ -1,0 +1,418 @@
+package release
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+
+	"github.com/rollbridge/rollbridge/config"
+)
+
+// DeployRequest is the input of a deploy (spec §3.1).
+type DeployRequest struct {
+	ReleasePath string
+	ReleaseID   string
+	Revision    string
+}
+
+// DeployResult is the deploy/rollback reply.
+type DeployResult struct {
+	ActiveReleaseID   string  `json:"activeReleaseId"`
+	PreviousReleaseID *string `json:"previousReleaseId"`
+}
+
+// Deploy runs the deploy flow of spec §3.1.
+func (m *Manager) Deploy(ctx context.Context, req DeployRequest) (DeployResult, error) {
+	if m.isStopping() {
+		return DeployResult{}, errShuttingDown
+	}
+	done, err := m.begin("a deploy")
+	if err != nil {
+		return DeployResult{}, err
+	}
+	defer done()
+	return m.deploy(ctx, req, "")
+}
+
+// deploy is the flow shared by deploy and rollback; the op lock is held.
+func (m *Manager) deploy(ctx context.Context, req DeployRequest, rollbackOf string) (DeployResult, error) {
+	if req.ReleasePath == "" {
+		return DeployResult{}, errors.New("releasePath is required")
+	}
+	cfg, err := m.reload(ctx)
+	if err != nil {
+		return DeployResult{}, err
+	}
+	if err := config.CheckCompatible(m.config(), cfg); err != nil {
+		return DeployResult{}, err
+	}
+	id := req.ReleaseID
+	if id == "" {
+		id = req.Revision
+	}
+	if id == "" {
+		id = releaseIDFromTime(m.now())
+	}
+	revision := req.Revision
+	if revision == "" {
+		revision = id
+	}
+	if err := m.checkReusableID(id, rollbackOf); err != nil {
+		return DeployResult{}, err
+	}
+	data := map[string]any{"releaseId": id, "releasePath": req.ReleasePath}
+	if req.Revision != "" {
+		data["revision"] = req.Revision
+	}
+	m.events.Emit("deploy starting", data)
+
+	rec := &releaseRec{m: m, id: id, path: req.ReleasePath, revision: revision, cfg: cfg, state: relStarting}
+	m.mu.Lock()
+	if m.stopping {
+		m.mu.Unlock()
+		return DeployResult{}, m.deployFailed(id, errShuttingDown)
+	}
+	m.starting[rec] = struct{}{}
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		delete(m.starting, rec)
+		m.mu.Unlock()
+	}()
+
+	alloc, err := allocatePorts(ctx, cfg.Proxy.UpstreamHost, cfg.Processes, m.stablePorts())
+	if err != nil {
+		return DeployResult{}, m.deployFailed(id, err)
+	}
+	defer alloc.releaseAll()
+	rec.ports = alloc.ports
+	rc := cfg.ReleaseContext(id, req.ReleasePath, revision, alloc.ports, m.env)
+
+	started, err := m.startServices(ctx, cfg, rc, alloc)
+	if err != nil {
+		m.stopServices(ctx, started)
+		return DeployResult{}, m.deployFailed(id, err)
+	}
+	if err := m.startRelease(ctx, rec, rc, alloc); err != nil {
+		m.cleanupRelease(ctx, rec, err)
+		m.stopServices(ctx, started)
+		return DeployResult{}, m.deployFailed(id, err)
+	}
+
+	// Success: adopt the config, register, activate, switch.
+	m.mu.Lock()
+	m.cfg = cfg
+	prev := m.active
+	m.registerLocked(rec)
+	m.active = rec
+	m.mu.Unlock()
+	rec.setState(relActive)
+	m.traffic.Switch(id, rec.upstreams)
+	var prevID *string
+	if prev != nil && prev != rec {
+		p := prev.id
+		prevID = &p
+	}
+	m.events.Emit("traffic switched", map[string]any{"previousReleaseId": anyString(prevID), "releaseId": id})
+
+	m.refreshServices(cfg, rc)
+	singletonErr := m.replaceSingletons(ctx, cfg, rc, rec, alloc)
+	if prev != nil && prev != rec {
+		// Unlike the original (spec §11.2-2), a singleton failure does not
+		// leave the previous release un-retired.
+		m.retire(prev)
+	}
+	result := DeployResult{ActiveReleaseID: id, PreviousReleaseID: prevID}
+	if singletonErr != nil {
+		return result, singletonErr
+	}
+	return result, nil
+}
+
+func anyString(p *string) any {
+	if p == nil {
+		return nil
+	}
+	return *p
+}
+
+// checkReusableID refuses deploying an id that is active or draining (spec
+// §11.2-3); a stopped id is replaced in place.
+func (m *Manager) checkReusableID(id, rollbackOf string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, r := range m.releases {
+		if r.id != id {
+			continue
+		}
+		switch r.getState() {
+		case relActive:
+			return fmt.Errorf("Release %q is already active. Deploy the new code under a different --release-id.", id)
+		case relDraining:
+			if rollbackOf == "" {
+				return fmt.Errorf("Release %q is still draining; deploy under a different --release-id or wait until it has stopped.", id)
+			}
+		}
+	}
+	return nil
+}
+
+func (m *Manager) deployFailed(id string, err error) error {
+	m.events.Emit("deploy failed", map[string]any{"error": err.Error(), "releaseId": id})
+	return err
+}
+
+func (m *Manager) registerLocked(rec *releaseRec) {
+	for i, r := range m.releases {
+		if r.id == rec.id {
+			m.releases[i] = rec
+			return
+		}
+	}
+	m.releases = append(m.releases, rec)
+}
+
+func (m *Manager) stablePorts() map[string]int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := map[string]int{}
+	for _, s := range m.services {
+		s.mu.Lock()
+		if s.built.HasPort {
+			out[s.def.ID] = s.built.Port
+		}
+		s.mu.Unlock()
+	}
+	return out
+}
+
+// startServices starts every persistent service that is not registered, or
+// that sits in failed (revived, unlike the original: spec §11.2-6).
+func (m *Manager) startServices(ctx context.Context, cfg *config.Config, rc config.ReleaseContext, alloc *portAllocation) ([]*instance, error) {
+	var started []*instance
+	for i := range cfg.Processes {
+		def := &cfg.Processes[i]
+		if def.Policy != config.Service || def.DeployStrategy != config.Persistent {
+			continue
+		}
+		if m.isStopping() {
+			return started, errShuttingDown
+		}
+		if existing := m.service(def.ID); existing != nil {
+			existing.mu.Lock()
+			revive := existing.state == stateFailed && existing.pid == 0
+			existing.mu.Unlock()
+			if revive {
+				if err := existing.refresh(def, rc); err != nil {
+					return started, err
+				}
+				if err := existing.start(ctx, reasonDeploy); err != nil {
+					return started, err
+				}
+			}
+			continue
+		}
+		in, err := newInstance(m, def, rc, 0, daemonScope{m})
+		if err != nil {
+			return started, err
+		}
+		m.mu.Lock()
+		m.services = append(m.services, in)
+		m.mu.Unlock()
+		alloc.take(def.ID)
+		if err := in.start(ctx, reasonDeploy); err != nil {
+			m.removeService(in)
+			return started, err
+		}
+		started = append(started, in)
+	}
+	return started, nil
+}
+
+func (m *Manager) service(id string) *instance {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, s := range m.services {
+		if s.def.ID == id {
+			return s
+		}
+	}
+	return nil
+}
+
+func (m *Manager) removeService(in *instance) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i, s := range m.services {
+		if s == in {
+			m.services = append(m.services[:i], m.services[i+1:]...)
+			return
+		}
+	}
+}
+
+// stopServices stops (sequentially) and unregisters the services a failed
+// deploy started.
+func (m *Manager) stopServices(ctx context.Context, ins []*instance) {
+	for _, in := range ins {
+		_ = in.stop(ctx)
+		m.removeService(in)
+	}
+}
+
+// startRelease starts handoff services, companions and the proxied process
+// of rec (spec §3.1 step 8), then health-checks the proxied process.
+func (m *Manager) startRelease(ctx context.Context, rec *releaseRec, rc config.ReleaseContext, alloc *portAllocation) error {
+	cfg := rec.cfg
+	groups := [][]*config.Process{nil, nil, nil}
+	for i := range cfg.Processes {
+		d := &cfg.Processes[i]
+		switch {
+		case d.Policy == config.Service && d.DeployStrategy == config.Handoff:
+			groups[0] = append(groups[0], d)
+		case d.Policy == config.Companion:
+			groups[1] = append(groups[1], d)
+		case d.Policy == config.Proxied:
+			groups[2] = append(groups[2], d)
+		}
+	}
+	var proxied *instance
+	for _, group := range groups {
+		for _, def := range group {
+			for replica := range def.Replicas {
+				if m.isStopping() {
+					return errShuttingDown
+				}
+				in, err := newInstance(m, def, rc, replica, rec)
+				if err != nil {
+					return err
+				}
+				rec.mu.Lock()
+				rec.instances = append(rec.instances, in)
+				rec.mu.Unlock()
+				alloc.take(def.ID)
+				if err := in.start(ctx, reasonDeploy); err != nil {
+					return err
+				}
+				if def.Policy == config.Proxied {
+					proxied = in
+				}
+			}
+		}
+	}
+	if proxied == nil {
+		return errors.New("config has no proxied process")
+	}
+	port := rec.ports[proxied.def.ID]
+	upstream := net.JoinHostPort(cfg.Proxy.UpstreamHost, strconv.Itoa(port))
+	rec.upstreams = []string{upstream}
+	if proxied.def.Health != nil && m.health != nil {
+		url := "http://" + upstream + proxied.def.Health.Path
+		if err := m.health(ctx, url, *proxied.def.Health); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// cleanupRelease stops everything a failed release start launched, with the
+// before/after diagnostics of spec §3.1 step 9.
+func (m *Manager) cleanupRelease(ctx context.Context, rec *releaseRec, cause error) {
+	rec.setState(relFailed)
+	m.startupDiagnostics(ctx, rec, cause, "before cleanup")
+	_ = stopAll(ctx, rec.list())
+	for _, in := range rec.list() {
+		m.untrack(in.unit, in)
+	}
+	rec.setState(relStopped)
+	m.startupDiagnostics(ctx, rec, cause, "after cleanup")
+}
+
+func (m *Manager) startupDiagnostics(ctx context.Context, rec *releaseRec, cause error, phase string) {
+	m.events.Emit("release startup failed", map[string]any{"error": cause.Error(), "phase": phase, "releaseId": rec.id})
+	for _, in := range rec.list() {
+		st := m.processStatus(ctx, in, false)
+		var pid any
+		if st.PID != 0 {
+			pid = st.PID
+		}
+		in.emitFor(rec.id, "release startup process status", map[string]any{
+			"command": st.Command, "exitCode": st.ExitCode.value(), "exitSignal": st.ExitSignal.value(),
+			"logs": m.instanceLogs(ctx, in), "phase": phase, "pid": pid, "state": st.State,
+		})
+	}
+}
+
+// refreshServices re-renders persistent services from the new release
+// without restarting them (spec §3.1 step 11).
+func (m *Manager) refreshServices(cfg *config.Config, rc config.ReleaseContext) {
+	m.mu.Lock()
+	services := append([]*instance(nil), m.services...)
+	m.mu.Unlock()
+	for _, s := range services {
+		def := cfg.Process(s.def.ID)
+		if def == nil {
+			continue
+		}
+		src := rc
+		// A persistent service keeps its stable port.
+		if err := s.refresh(def, src); err != nil {
+			m.log.Warn("refresh service definition", "service", s.def.ID, "error", err)
+		}
+	}
+}
+
+// replaceSingletons stops each old singleton completely before starting the
+// new one (spec §3.1 step 12).
+func (m *Manager) replaceSingletons(ctx context.Context, cfg *config.Config, rc config.ReleaseContext, rec *releaseRec, alloc *portAllocation) error {
+	var errs []error
+	for i := range cfg.Processes {
+		def := &cfg.Processes[i]
+		if def.Policy != config.Singleton {
+			continue
+		}
+		if old := m.singleton(def.ID); old != nil {
+			if err := old.stop(ctx); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			m.untrack(old.unit, old)
+		}
+		in, err := newInstance(m, def, rc, 0, rec)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		m.setSingleton(in)
+		alloc.take(def.ID)
+		if err := in.start(ctx, reasonDeploy); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (m *Manager) singleton(id string) *instance {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, s := range m.singletons {
+		if s.def.ID == id {
+			return s
+		}
+	}
+	return nil
+}
+
+func (m *Manager) setSingleton(in *instance) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i, s := range m.singletons {
+		if s.def.ID == in.def.ID {
+			m.singletons[i] = in
+			return
+		}
+	}
+	m.singletons = append(m.singletons, in)
+}

@@ -1,0 +1,445 @@
+package release
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/rollbridge/rollbridge/config"
+	"github.com/rollbridge/rollbridge/units"
+)
+
+// Process instance states (spec §1.7).
+const (
+	stateStopped  = "stopped"
+	stateStarting = "starting"
+	stateRunning  = "running"
+	stateStopping = "stopping"
+	stateFailed   = "failed"
+)
+
+// Start reasons (spec §1.6).
+const (
+	reasonDeploy = "deploy"
+	reasonCrash  = "crash"
+	reasonManual = "manual"
+	reasonMemory = "memory"
+)
+
+// scope is what an instance belongs to: it decides whether a crash may be
+// restarted and which release id tags its events.
+type scope interface {
+	// wantsRunning reports whether the supervising context still wants the
+	// process (release starting/active, daemon not stopping).
+	wantsRunning() bool
+}
+
+// instance supervises one managed process instance through the runner. Its
+// fields are guarded by mu; the runner's exit events, restart timers and the
+// manager's calls all go through its methods.
+type instance struct {
+	m       *Manager
+	id      string // user-visible instance id ("worker#0")
+	replica int
+	scope   scope
+
+	mu sync.Mutex
+	// def is the current definition; refresh swaps it without touching the
+	// running process (spec §1.4 persistent services, §2.15).
+	def *config.Process
+	// rc is the release context the instance is rendered in.
+	rc config.ReleaseContext
+	// built is the rendered command/cwd/env of the current definition.
+	built config.Instance
+	// unit is the runner name of the current (or last) incarnation.
+	unit string
+
+	state           string
+	pid             int
+	startedAt       time.Time
+	lastStartReason string
+	exited          bool
+	exit            units.Exit
+	restarts        int
+	restartTimes    []time.Time
+	restartTimer    *time.Timer
+	stopRequested   bool
+	// stopDone is closed when the stop in progress finishes; concurrent
+	// stops share it (spec §5.5 step 1: shared quiesce).
+	stopDone chan struct{}
+	// earlyExit holds an exit event that arrived before Start returned the
+	// pid (a command that dies at once).
+	earlyExit *units.Event
+}
+
+func newInstance(m *Manager, def *config.Process, rc config.ReleaseContext, replica int, sc scope) (*instance, error) {
+	in := &instance{m: m, id: def.InstanceID(replica), replica: replica, scope: sc, def: def, rc: rc, state: stateStopped}
+	if err := in.render(); err != nil {
+		return nil, err
+	}
+	return in, nil
+}
+
+// render builds command/cwd/env from the current definition and context.
+func (in *instance) render() error {
+	built, err := in.def.Build(in.rc, in.replica)
+	if err != nil {
+		return err
+	}
+	in.built = built
+	in.unit = in.identity().UnitName()
+	return nil
+}
+
+func (in *instance) identity() units.Identity {
+	return in.def.Identity(in.rc.Application, in.rc.ReleaseID, in.replica)
+}
+
+// refresh replaces the definition (and release context) used by the next
+// start; the running process is left alone.
+func (in *instance) refresh(def *config.Process, rc config.ReleaseContext) error {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	oldDef, oldRC, oldBuilt, oldUnit := in.def, in.rc, in.built, in.unit
+	in.def, in.rc = def, rc
+	if err := in.render(); err != nil {
+		in.def, in.rc, in.built, in.unit = oldDef, oldRC, oldBuilt, oldUnit
+		return err
+	}
+	if in.pid != 0 {
+		// Keep addressing the running incarnation until it exits.
+		in.unit = oldUnit
+	}
+	return nil
+}
+
+// releaseID is the release that tags this instance's events.
+func (in *instance) releaseID() string {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.rc.ReleaseID
+}
+
+func (in *instance) emit(message string, data map[string]any) {
+	in.mu.Lock()
+	rel := in.rc.ReleaseID
+	in.mu.Unlock()
+	in.emitFor(rel, message, data)
+}
+
+func (in *instance) emitFor(rel, message string, data map[string]any) {
+	if data == nil {
+		data = map[string]any{}
+	}
+	data["processId"] = in.id
+	data["releaseId"] = rel
+	in.m.events.Emit(message, data)
+}
+
+// start launches the instance with reason. Starting an instance that has a
+// live process is a no-op (spec §5.1).
+func (in *instance) start(ctx context.Context, reason string) error {
+	in.mu.Lock()
+	if in.pid != 0 || in.state == stateStarting {
+		in.mu.Unlock()
+		return nil
+	}
+	if in.pid == 0 {
+		// A new incarnation is addressed by the current definition's unit.
+		in.unit = in.identity().UnitName()
+	}
+	in.state = stateStarting
+	in.stopRequested = false
+	in.earlyExit = nil
+	spec := in.specLocked()
+	unit := in.unit
+	in.m.track(unit, in)
+	in.mu.Unlock()
+
+	st, err := in.m.runner.Start(ctx, spec)
+	in.mu.Lock()
+	if err != nil {
+		// No start reason is recorded for a spawn failure (spec §5.1); a
+		// later start tries again (unlike the original, §11.2-5).
+		in.state = stateFailed
+		in.mu.Unlock()
+		in.m.untrack(unit, in)
+		return fmt.Errorf("start %s (unit %s): %w", in.id, unit, err)
+	}
+	in.pid = st.MainPID
+	in.startedAt = in.m.now()
+	in.lastStartReason = reason
+	in.state = stateRunning
+	early := in.earlyExit
+	in.earlyExit = nil
+	cmd := in.built.Command
+	pid := in.pid
+	in.mu.Unlock()
+	in.emit("process started", map[string]any{"command": cmd, "id": in.id, "pid": pid, "reason": reason})
+	if early != nil && (early.PID == 0 || early.PID == pid) {
+		in.onExit(*early)
+	}
+	return nil
+}
+
+func (in *instance) specLocked() units.Spec {
+	return units.Spec{
+		Identity:    in.identity(),
+		Command:     in.built.Command,
+		Dir:         in.built.Cwd,
+		Env:         in.built.Env,
+		StopSignal:  in.def.StopSignal,
+		Grace:       in.def.GracefulStop,
+		OutputLines: in.def.OutputLines,
+	}
+}
+
+// onExit handles the runner's exit event for this instance's unit.
+func (in *instance) onExit(ev units.Event) {
+	in.mu.Lock()
+	if in.state == stateStarting {
+		// Start has not returned the pid yet; let it handle the exit.
+		e := ev
+		in.earlyExit = &e
+		in.mu.Unlock()
+		return
+	}
+	if in.pid == 0 || (ev.PID != 0 && ev.PID != in.pid) {
+		// An exit of an earlier incarnation, or one already handled.
+		in.mu.Unlock()
+		return
+	}
+	in.pid = 0
+	in.exited = true
+	in.exit = ev.Exit
+	requested := in.stopRequested
+	if requested {
+		in.state = stateStopped
+	} else {
+		in.state = stateFailed
+	}
+	in.mu.Unlock()
+
+	in.emit("process exited", map[string]any{"code": exitCode(ev.Exit), "id": in.id, "signal": exitSignal(ev.Exit)})
+	if !requested && in.scope.wantsRunning() && !in.m.isStopping() {
+		in.scheduleRestart()
+	}
+}
+
+func exitCode(e units.Exit) any {
+	if e.Signal != 0 || e.Code < 0 {
+		return nil
+	}
+	return e.Code
+}
+
+func exitSignal(e units.Exit) any {
+	if e.Signal == 0 {
+		return nil
+	}
+	return e.SignalName()
+}
+
+// restartDelay implements spec §5.4 delayFor(n).
+func restartDelay(def *config.Process, n int) time.Duration {
+	d := float64(def.RestartDelay) * math.Pow(def.Restart.BackoffFactor, float64(n))
+	if def.Restart.MaxDelay > 0 && d > float64(def.Restart.MaxDelay) {
+		return def.Restart.MaxDelay
+	}
+	if d > float64(math.MaxInt64) {
+		return time.Duration(math.MaxInt64)
+	}
+	return time.Duration(d)
+}
+
+// scheduleRestart applies the crash-restart policy (spec §5.4).
+func (in *instance) scheduleRestart() {
+	in.mu.Lock()
+	def := in.def
+	var delay time.Duration
+	fast := def.Restart.MaxRestarts == nil && def.Restart.BackoffFactor == 1
+	if fast {
+		delay = restartDelay(def, 0)
+	} else {
+		now := in.m.now()
+		if def.Restart.Window > 0 {
+			kept := in.restartTimes[:0]
+			for _, t := range in.restartTimes {
+				if t.After(now.Add(-def.Restart.Window)) {
+					kept = append(kept, t)
+				}
+			}
+			in.restartTimes = kept
+		}
+		if def.Restart.MaxRestarts != nil && len(in.restartTimes) >= *def.Restart.MaxRestarts {
+			in.mu.Unlock()
+			in.emit("restart limit reached", map[string]any{
+				"id": in.id, "maxRestarts": *def.Restart.MaxRestarts, "windowMs": def.Restart.Window.Milliseconds(),
+			})
+			return
+		}
+		delay = restartDelay(def, len(in.restartTimes))
+		in.restartTimes = append(in.restartTimes, now)
+	}
+	if in.restartTimer != nil {
+		in.restartTimer.Stop()
+	}
+	in.restartTimer = time.AfterFunc(delay, in.crashRestart)
+	in.mu.Unlock()
+}
+
+func (in *instance) crashRestart() {
+	in.mu.Lock()
+	in.restartTimer = nil
+	if in.stopRequested || in.pid != 0 {
+		in.mu.Unlock()
+		return
+	}
+	in.restarts++
+	in.mu.Unlock()
+	if !in.scope.wantsRunning() || in.m.isStopping() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(in.m.ctx, startTimeout)
+	defer cancel()
+	if err := in.start(ctx, reasonCrash); err != nil {
+		in.emit("process restart failed", map[string]any{"error": err.Error(), "id": in.id})
+	}
+}
+
+// startTimeout bounds one start job (the runner returns once exec happened).
+const startTimeout = 60 * time.Second
+
+// stop runs the graceful stop sequence (spec §5.5): hooks, then the stop
+// signal (or stopCommand) to every process of the instance, the
+// gracefulStopMs window, then SIGKILL. Concurrent stops share one run.
+func (in *instance) stop(ctx context.Context) error {
+	in.mu.Lock()
+	in.stopRequested = true
+	if in.restartTimer != nil {
+		in.restartTimer.Stop()
+		in.restartTimer = nil
+	}
+	if in.stopDone != nil {
+		done := in.stopDone
+		in.mu.Unlock()
+		select {
+		case <-done:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if in.pid == 0 {
+		if in.state != stateFailed || in.exited {
+			in.state = stateStopped
+		}
+		in.mu.Unlock()
+		return nil
+	}
+	in.state = stateStopping
+	done := make(chan struct{})
+	in.stopDone = done
+	unit, pid := in.unit, in.pid
+	def := in.def
+	env := in.built.Env
+	cwd := in.built.Cwd
+	in.mu.Unlock()
+
+	err := in.stopSequence(ctx, unit, pid, def, env, cwd)
+
+	in.mu.Lock()
+	if err == nil {
+		// The runner has seen the unit go; the exit event may still be in
+		// flight, so settle the state here.
+		if in.pid == pid {
+			in.pid = 0
+		}
+		in.state = stateStopped
+	}
+	in.stopDone = nil
+	in.mu.Unlock()
+	close(done)
+	if err != nil {
+		return fmt.Errorf("stop %s (unit %s): %w", in.id, unit, err)
+	}
+	return nil
+}
+
+func (in *instance) stopSequence(ctx context.Context, unit string, pid int, def *config.Process, env []string, cwd string) error {
+	hookTimeout := def.GracefulStop.Timeout
+	if def.GracefulStop.Indefinite {
+		hookTimeout = 30 * time.Second
+	}
+	hooks := hookRunner{in: in, env: env, cwd: cwd, pid: pid}
+	if def.Lifecycle.QuietCommand != "" {
+		hooks.run(ctx, "quiet command", def.Lifecycle.QuietCommand, hookTimeout)
+	}
+	if def.Lifecycle.DrainTimeout > 0 && in.alive(ctx, unit) {
+		if def.Lifecycle.DrainCommand != "" {
+			hooks.run(ctx, "drain command", def.Lifecycle.DrainCommand, def.Lifecycle.DrainTimeout)
+		} else {
+			in.waitGone(ctx, unit, def.Lifecycle.DrainTimeout)
+		}
+	}
+	sig := def.StopSignal
+	if def.Lifecycle.StopCommand != "" {
+		sig = 0
+		if in.alive(ctx, unit) {
+			hooks.run(ctx, "stop command", def.Lifecycle.StopCommand, hookTimeout)
+		}
+	}
+	if !in.alive(ctx, unit) {
+		sig = 0 // nothing left to signal (spec: no signal if the group already exited)
+	}
+	if def.GracefulStop.Indefinite {
+		return in.m.runner.Stop(ctx, unit, sig, def.GracefulStop)
+	}
+	// Rollbridge owns the window so it can report the escalation (spec
+	// §5.5 step 5) even when the runner would have escalated by itself.
+	wctx, cancel := context.WithTimeout(ctx, def.GracefulStop.Timeout)
+	err := in.m.runner.Stop(wctx, unit, sig, units.Grace{Indefinite: true})
+	cancel()
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+		return err
+	}
+	in.emit("process stop timed out; sending SIGKILL", map[string]any{"id": in.id, "pid": pid})
+	return in.m.runner.Stop(ctx, unit, syscall.SIGKILL, units.Grace{Timeout: units.KillWait})
+}
+
+// alive reports whether the unit still has a process.
+func (in *instance) alive(ctx context.Context, unit string) bool {
+	st, err := in.m.runner.Status(ctx, unit)
+	if err != nil {
+		return false
+	}
+	return len(st.PIDs) > 0 || st.MainPID != 0
+}
+
+// waitGone waits up to d for the unit's processes to exit by themselves.
+func (in *instance) waitGone(ctx context.Context, unit string, d time.Duration) {
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for in.alive(ctx, unit) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// isLive reports whether the instance has a running process.
+func (in *instance) isLive() bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.pid != 0
+}

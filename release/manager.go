@@ -1,0 +1,276 @@
+// Package release is Rollbridge's orchestration: the deploy, rollback,
+// stop, restart and shutdown flows of spec §3, the release registry, the
+// four process policies and crash supervision. It drives processes through
+// a units.Runner and traffic through the Traffic interface (implemented by
+// the proxy), and knows nothing about sockets or the CLI.
+package release
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rollbridge/rollbridge/config"
+	"github.com/rollbridge/rollbridge/units"
+)
+
+// Traffic is what the manager needs from the proxy.
+type Traffic interface {
+	// Switch routes new requests to upstreams (host:port) of release.
+	Switch(release string, upstreams []string)
+	// Clear leaves the proxy without an active release (503s).
+	Clear()
+	// Connections reports in-flight HTTP exchanges and open WebSockets.
+	Connections(release string) (http, websocket int)
+	// Drain waits until release has no connections or deadline passes.
+	Drain(ctx context.Context, release string, deadline time.Time)
+	// Forget drops a stopped release's counters.
+	Forget(release string)
+}
+
+// HealthChecker probes url until healthy per h (spec §4.10).
+type HealthChecker func(ctx context.Context, url string, h config.Health) error
+
+// Options wires a Manager.
+type Options struct {
+	// Config is the config the daemon started with.
+	Config *config.Config
+	// Reload re-evaluates the config file before every deploy/rollback.
+	Reload  func(ctx context.Context) (*config.Config, error)
+	Runner  units.Runner
+	Traffic Traffic
+	Health  HealthChecker
+	Events  *Events
+	// Env is the daemon's environment, the base of every instance's.
+	Env    []string
+	Logger *slog.Logger
+	Now    func() time.Time
+}
+
+// Manager owns the releases, services and singletons of one application.
+type Manager struct {
+	runner  units.Runner
+	traffic Traffic
+	health  HealthChecker
+	reload  func(ctx context.Context) (*config.Config, error)
+	events  *Events
+	env     []string
+	log     *slog.Logger
+	now     func() time.Time
+
+	// ctx lives as long as Run; restarts started by timers use it.
+	ctx context.Context
+
+	// op serializes deploy/rollback/stop/restart (spec §11.2-1).
+	op     chan struct{}
+	opMu   sync.Mutex
+	opDesc string
+
+	mu         sync.Mutex
+	cfg        *config.Config
+	releases   []*releaseRec
+	active     *releaseRec
+	starting   map[*releaseRec]struct{}
+	services   []*instance // persistent services, first-start order
+	singletons []*instance // current instance per singleton id, config order
+	byUnit     map[string]*instance
+	stopping   bool
+
+	// retiring tracks background retirements so Shutdown can wait.
+	retiring sync.WaitGroup
+	shutOnce sync.Once
+	shutErr  error
+}
+
+// New returns a Manager. Call Run before any operation.
+func New(opts Options) (*Manager, error) {
+	if opts.Config == nil || opts.Runner == nil || opts.Traffic == nil {
+		return nil, errors.New("release manager needs a config, a runner and a traffic switcher")
+	}
+	m := &Manager{
+		runner: opts.Runner, traffic: opts.Traffic, health: opts.Health, reload: opts.Reload,
+		events: opts.Events, env: opts.Env, log: opts.Logger, now: opts.Now,
+		op: make(chan struct{}, 1), cfg: opts.Config,
+		starting: map[*releaseRec]struct{}{}, byUnit: map[string]*instance{},
+		ctx: context.Background(),
+	}
+	if m.events == nil {
+		m.events = NewEvents(nil, nil)
+	}
+	if m.log == nil {
+		m.log = slog.New(slog.DiscardHandler)
+	}
+	if m.now == nil {
+		m.now = time.Now
+	}
+	if m.reload == nil {
+		m.reload = func(context.Context) (*config.Config, error) { return m.config(), nil }
+	}
+	return m, nil
+}
+
+// Run dispatches the runner's exit events to instances until ctx ends. It
+// returns once the watch is established (the loop runs in the background,
+// owned by ctx).
+func (m *Manager) Run(ctx context.Context) error {
+	events, err := m.runner.Watch(ctx)
+	if err != nil {
+		return fmt.Errorf("watch %s runner: %w", m.runner.Kind(), err)
+	}
+	m.ctx = ctx
+	go func() {
+		for ev := range events {
+			if ev.Kind != units.EventExited {
+				continue
+			}
+			m.mu.Lock()
+			in := m.byUnit[ev.Name]
+			m.mu.Unlock()
+			if in != nil {
+				in.onExit(ev)
+			}
+		}
+	}()
+	return nil
+}
+
+// Events returns the event history.
+func (m *Manager) Events() *Events { return m.events }
+
+func (m *Manager) config() *config.Config {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.cfg
+}
+
+func (m *Manager) isStopping() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.stopping
+}
+
+func (m *Manager) track(unit string, in *instance) {
+	m.mu.Lock()
+	m.byUnit[unit] = in
+	m.mu.Unlock()
+}
+
+func (m *Manager) untrack(unit string, in *instance) {
+	m.mu.Lock()
+	if m.byUnit[unit] == in {
+		delete(m.byUnit, unit)
+	}
+	m.mu.Unlock()
+}
+
+// ErrBusy is returned when another deploy, rollback, stop or restart runs.
+var ErrBusy = errors.New("deploy in progress")
+
+// begin takes the operation lock or fails at once with ErrBusy.
+func (m *Manager) begin(desc string) (func(), error) {
+	select {
+	case m.op <- struct{}{}:
+	default:
+		m.opMu.Lock()
+		cur := m.opDesc
+		m.opMu.Unlock()
+		return nil, fmt.Errorf("%w: %s is running; wait for it to finish and retry", ErrBusy, cur)
+	}
+	m.opMu.Lock()
+	m.opDesc = desc
+	m.opMu.Unlock()
+	return func() { <-m.op }, nil
+}
+
+// errShuttingDown is the spec's text for operations refused during shutdown.
+var errShuttingDown = errors.New("Rollbridge is shutting down")
+
+// daemonScope keeps persistent services wanted until shutdown.
+type daemonScope struct{ m *Manager }
+
+func (d daemonScope) wantsRunning() bool { return !d.m.isStopping() }
+
+// releaseRec is one release in the registry (spec §1.2).
+type releaseRec struct {
+	m        *Manager
+	id       string
+	path     string
+	revision string
+	cfg      *config.Config
+
+	mu             sync.Mutex
+	state          string
+	activatedAt    time.Time
+	drainStartedAt time.Time
+	stoppedAt      time.Time
+	ports          map[string]int
+	// instances in start order: handoff services, companions, proxied.
+	instances []*instance
+	upstreams []string
+}
+
+const (
+	relStarting = "starting"
+	relActive   = "active"
+	relDraining = "draining"
+	relStopped  = "stopped"
+	relFailed   = "failed"
+)
+
+func (r *releaseRec) wantsRunning() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.state == relStarting || r.state == relActive
+}
+
+func (r *releaseRec) getState() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.state
+}
+
+func (r *releaseRec) setState(s string) {
+	r.mu.Lock()
+	r.state = s
+	switch s {
+	case relActive:
+		r.activatedAt = r.m.now()
+	case relDraining:
+		r.drainStartedAt = r.m.now()
+	case relStopped:
+		r.stoppedAt = r.m.now()
+	}
+	r.mu.Unlock()
+}
+
+func (r *releaseRec) list() []*instance {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]*instance(nil), r.instances...)
+}
+
+// stopAll stops instances in parallel (all-settled) and joins the errors.
+func stopAll(ctx context.Context, ins []*instance) error {
+	errs := make([]error, len(ins))
+	var wg sync.WaitGroup
+	for i, in := range ins {
+		wg.Go(func() { errs[i] = in.stop(ctx) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// releaseIDFromTime is the spec's default id: the UTC ISO timestamp with
+// every non-digit removed (17 digits).
+func releaseIDFromTime(t time.Time) string {
+	return strings.Map(func(r rune) rune {
+		if r >= '0' && r <= '9' {
+			return r
+		}
+		return -1
+	}, Timestamp(t))
+}
