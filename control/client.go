@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"syscall"
 	"time"
@@ -114,4 +115,47 @@ func Probe(ctx context.Context, path string) (ProbeResult, error) {
 	res.ActiveReleaseID = st.ActiveReleaseID
 	res.ProxyHost, res.ProxyPort = st.Proxy.Host, st.Proxy.Port
 	return res, nil
+}
+
+// StreamCall sends req and calls fn with every reply line until the daemon
+// closes the connection, fn returns an error, or ctx ends (then nil).
+func StreamCall(ctx context.Context, path string, req Request, fn func(json.RawMessage) error) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	line, err := json.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("encode request: %w", err)
+	}
+	if _, err := c.Write(append(line, '\n')); err != nil {
+		return fmt.Errorf("send %s request to %s: %w", req.Command, path, err)
+	}
+	r := bufio.NewReaderSize(c, 64<<10)
+	for {
+		reply, err := r.ReadBytes('\n')
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("read %s reply from %s: %w", req.Command, path, err)
+		}
+		var env struct {
+			Status string `json:"status"`
+			Error  string `json:"error"`
+		}
+		if err := json.Unmarshal(reply, &env); err != nil {
+			return fmt.Errorf("decode reply from %s: %w", path, err)
+		}
+		if env.Status != "success" {
+			return &RemoteError{Message: env.Error}
+		}
+		if err := fn(json.RawMessage(trimEOL(reply))); err != nil {
+			return err
+		}
+	}
 }

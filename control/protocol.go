@@ -23,6 +23,8 @@ const (
 	CmdRestart     = "restart"
 	CmdShutdown    = "shutdown"
 	CmdRetireOwner = "retire-owner"
+	// CmdLogs streams instance output (Go addition, used by logs --follow).
+	CmdLogs = "logs"
 )
 
 // Request is one decoded control command. Fields not used by a command are
@@ -35,9 +37,11 @@ type Request struct {
 	ProcessID   string `json:"processId,omitempty"`
 	Policy      string `json:"policy,omitempty"`
 	Attestation string `json:"attestation,omitempty"`
-	// Limit is the events limit; 0 means "all" (spec §6.9: absent, not a
-	// number or <= 0 all mean all).
+	// Limit is the events limit, or the logs line count; 0 means "all"
+	// (spec §6.9: absent, not a number or <= 0 all mean all).
 	Limit int `json:"limit,omitempty"`
+	// Follow makes logs stream new lines until the client disconnects.
+	Follow bool `json:"follow,omitempty"`
 }
 
 // MaxRequestBytes bounds one request line. The original has no bound
@@ -57,6 +61,7 @@ var requestFields = map[string][]struct {
 	CmdRestart:     {{"processId", false}, {"policy", false}},
 	CmdShutdown:    nil,
 	CmdRetireOwner: {{"attestation", true}},
+	CmdLogs:        {{"processId", false}},
 }
 
 // DecodeRequest parses one request line with the original's error texts
@@ -97,7 +102,10 @@ func DecodeRequest(line []byte) (Request, error) {
 		}
 		req.set(f.name, s)
 	}
-	if cmd == CmdEvents {
+	if cmd == CmdLogs {
+		req.Follow, _ = obj["follow"].(bool)
+	}
+	if cmd == CmdEvents || cmd == CmdLogs {
 		if n, ok := obj["limit"].(json.Number); ok {
 			if v, err := n.Int64(); err == nil && v > 0 {
 				req.Limit = int(min(v, 1<<31-1))

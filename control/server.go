@@ -25,6 +25,11 @@ type Handler interface {
 	Handle(ctx context.Context, req Request, peer Peer) (any, error)
 }
 
+// Stream is a handler result that sends several reply lines: the server
+// calls it with send, which writes one success line per value, until it
+// returns or the client disconnects (ctx ends). Used by `logs --follow`.
+type Stream func(ctx context.Context, send func(v any) error) error
+
 // HandlerFunc adapts a function to Handler.
 type HandlerFunc func(ctx context.Context, req Request, peer Peer) (any, error)
 
@@ -144,11 +149,14 @@ func (s *Server) serveConn(ctx context.Context, c *conn) {
 	c.peer = peer
 	var inflight sync.WaitGroup
 	defer inflight.Wait()
+	// Streams end when the client goes away (the read loop returns).
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	r := bufio.NewReaderSize(c, 4096)
 	for {
 		line, err := readLine(r, MaxRequestBytes)
 		if errors.Is(err, errLineTooLong) {
-			s.reply(c, Failure(fmt.Sprintf("Control request exceeds %d bytes", MaxRequestBytes)))
+			_ = s.reply(c, Failure(fmt.Sprintf("Control request exceeds %d bytes", MaxRequestBytes)))
 			return
 		}
 		if err != nil {
@@ -181,12 +189,25 @@ func (s *Server) handleLine(ctx context.Context, c *conn, line []byte) {
 		s.fail(ctx, c, req, err)
 		return
 	}
+	if stream, ok := result.(Stream); ok {
+		err := stream(ctx, func(v any) error {
+			line, err := Success(v)
+			if err != nil {
+				return err
+			}
+			return s.reply(c, line)
+		})
+		if err != nil && ctx.Err() == nil {
+			s.fail(ctx, c, req, err)
+		}
+		return
+	}
 	out, err := Success(result)
 	if err != nil {
 		s.fail(ctx, c, req, err)
 		return
 	}
-	s.reply(c, out)
+	_ = s.reply(c, out)
 	if req.Command == CmdShutdown || req.Command == CmdRetireOwner {
 		// The reply is the completion signal; the daemon ends the
 		// connection after it (spec §7.3).
@@ -204,10 +225,10 @@ func (s *Server) fail(ctx context.Context, c *conn, req Request, err error) {
 	if rep, ok := s.Handler.(ErrorReporter); ok {
 		rep.CommandFailed(ctx, req, err)
 	}
-	s.reply(c, Failure(err.Error()))
+	_ = s.reply(c, Failure(err.Error()))
 }
 
-func (s *Server) reply(c *conn, line []byte) {
+func (s *Server) reply(c *conn, line []byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	timeout := s.WriteTimeout
@@ -217,7 +238,8 @@ func (s *Server) reply(c *conn, line []byte) {
 	_ = c.SetWriteDeadline(time.Now().Add(timeout))
 	// A client that went away does not cancel the command; its reply is
 	// simply dropped (spec §7.3).
-	_, _ = c.Write(line)
+	_, err := c.Write(line)
+	return err
 }
 
 func (s *Server) connError(err error) {

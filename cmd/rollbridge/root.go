@@ -78,7 +78,17 @@ the traffic of one stable proxy port to it and drains the old release.`,
 	// Commands are added in the spec's registration order; commands that
 	// later issues implement are not registered until they work.
 	root.AddCommand(
+		a.daemonCommand(),
+		a.deployCommand(),
+		a.rollbackCommand(),
+		a.ensureDaemonCommand(),
+		a.statusCommand(),
+		a.stopCommand(),
+		a.restartCommand(),
+		a.shutdownCommand(),
 		a.validateCommand(),
+		a.logsCommand(),
+		a.eventsCommand(),
 		a.completionCommand(),
 		a.versionCommand(),
 	)

@@ -1,0 +1,245 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/rollbridge/rollbridge/config"
+	"github.com/rollbridge/rollbridge/control"
+	"github.com/rollbridge/rollbridge/daemon"
+	"github.com/rollbridge/rollbridge/dbusctl"
+	"github.com/rollbridge/rollbridge/units"
+)
+
+// envRunner overrides the runner choice when --runner is not given.
+const envRunner = "ROLLBRIDGE_RUNNER"
+
+// envJournalDir points journalctl at another journal (the test sandbox's).
+const envJournalDir = "ROLLBRIDGE_JOURNAL_DIR"
+
+func (a *app) getenv(key string) string {
+	for _, kv := range a.env {
+		if k, v, ok := strings.Cut(kv, "="); ok && k == key {
+			return v
+		}
+	}
+	return ""
+}
+
+func (a *app) runnerDefault() string {
+	if v := a.getenv(envRunner); v != "" {
+		return v
+	}
+	return daemon.RunnerAuto
+}
+
+func (a *app) daemonCommand() *cobra.Command {
+	var path, runner string
+	cmd := &cobra.Command{
+		Use:   "daemon",
+		Short: "Run the Rollbridge daemon in the foreground",
+		Long: `Run the daemon of one application in the foreground: bind the proxy (or take
+it from systemd socket activation, fd name "proxy"), bind the control socket,
+and supervise every managed process through the selected runner. JSON log
+lines go to stdout. SIGINT/SIGTERM stop everything and exit 0.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			resolved, err := config.ResolvePath(path, a.cwd)
+			if err != nil {
+				return err
+			}
+			return daemon.Run(cmd.Context(), daemon.Options{
+				ConfigPath: a.abs(resolved),
+				Runner:     runner,
+				JournalDir: a.getenv(envJournalDir),
+				Env:        a.env,
+				Log:        a.stdout,
+				Version:    buildVersion(),
+			})
+		},
+	}
+	addConfigFlag(cmd, &path)
+	cmd.Flags().StringVar(&runner, "runner", a.runnerDefault(), "process runner: auto, systemd or exec (env "+envRunner+")")
+	return cmd
+}
+
+// ensureFlags are shared by ensure-daemon and deploy --ensure-daemon.
+type ensureFlags struct {
+	logPath, pidPath, timeoutMs, runner string
+}
+
+func (f *ensureFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.logPath, "daemon-log-path", "", "log file of a detached (non-systemd) daemon (default /tmp/rollbridge-<app>.log)")
+	cmd.Flags().StringVar(&f.pidPath, "daemon-pid-path", "", "pid file of a detached (non-systemd) daemon (default /tmp/rollbridge-<app>.pid)")
+	cmd.Flags().StringVar(&f.timeoutMs, "daemon-start-timeout-ms", "10000", "how long to wait for a started daemon to answer")
+	cmd.Flags().StringVar(&f.runner, "runner", "", "process runner for a daemon started here: auto, systemd or exec (env "+envRunner+")")
+}
+
+func (a *app) ensureDaemonCommand() *cobra.Command {
+	var path string
+	var f ensureFlags
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "ensure-daemon",
+		Short: "Start the daemon unless one already answers, then print its status",
+		Long: `Probe the control socket; if no daemon answers, start one and wait until it
+does. On a host with a reachable systemd manager the daemon is started as the
+transient unit rollbridge-<app>.service (its output goes to the journal);
+elsewhere it is started as a detached process (new session) whose output is
+appended to --daemon-log-path and whose pid is written to --daemon-pid-path.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			reply, err := a.ensureDaemon(cmd.Context(), path, f)
+			if err != nil {
+				return err
+			}
+			return a.printResult(reply, asJSON, formatStatus)
+		},
+	}
+	addConfigFlag(cmd, &path)
+	f.register(cmd)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON even on a terminal")
+	return cmd
+}
+
+// ensureDaemon implements ensure-daemon and returns the daemon's status.
+func (a *app) ensureDaemon(ctx context.Context, explicit string, f ensureFlags) (json.RawMessage, error) {
+	timeout, err := strconv.ParseFloat(f.timeoutMs, 64)
+	if err != nil || timeout < 1 {
+		return nil, errors.New("--daemon-start-timeout-ms must be a positive number")
+	}
+	resolved, err := config.ResolvePath(explicit, a.cwd)
+	if err != nil {
+		return nil, err
+	}
+	cfgPath := a.abs(resolved)
+	cfg, err := config.Load(ctx, cfgPath, config.LoadOptions{Env: a.env})
+	if err != nil {
+		return nil, err
+	}
+	if reply, err := control.Call(ctx, cfg.Control.Path, control.Request{Command: control.CmdStatus}); err == nil {
+		return reply, nil
+	}
+	runner := f.runner
+	if runner == "" {
+		runner = a.runnerDefault()
+	}
+	how, err := a.startDaemon(ctx, cfg, cfgPath, runner, f)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(time.Duration(timeout * float64(time.Millisecond)))
+	var last error
+	for time.Now().Before(deadline) {
+		reply, err := control.Call(ctx, cfg.Control.Path, control.Request{Command: control.CmdStatus})
+		if err == nil {
+			return reply, nil
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	msg := fmt.Sprintf("Rollbridge daemon did not become ready within %sms.", f.timeoutMs)
+	if last != nil {
+		msg += " Last error: " + last.Error()
+	}
+	return nil, errors.New(msg + " " + how)
+}
+
+// startDaemon starts a detached daemon: as a transient systemd unit when a
+// manager answers (and the exec runner was not forced), else as a child in
+// a new session. It returns where to look when the daemon does not answer.
+func (a *app) startDaemon(ctx context.Context, cfg *config.Config, cfgPath, runner string, f ensureFlags) (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("find the rollbridge binary: %w", err)
+	}
+	argv := []string{exe, "daemon", "--config", cfgPath, "--runner", runner}
+	if runner != daemon.RunnerExec {
+		if unit, err := a.startDaemonUnit(ctx, cfg, argv); err == nil {
+			return fmt.Sprintf("Inspect it with: journalctl -u %s (or --user-unit for a user manager).", unit), nil
+		} else if runner == daemon.RunnerSystemd {
+			return "", err
+		}
+	}
+	logPath := f.logPath
+	if logPath == "" {
+		logPath = "/tmp/rollbridge-" + cfg.Application + ".log"
+	}
+	pidPath := f.pidPath
+	if pidPath == "" {
+		pidPath = "/tmp/rollbridge-" + cfg.Application + ".pid"
+	}
+	for _, p := range []string{logPath, pidPath} {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return "", fmt.Errorf("create directory for %s: %w", p, err)
+		}
+	}
+	logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	if err != nil {
+		return "", fmt.Errorf("open daemon log %s: %w", logPath, err)
+	}
+	defer logFile.Close()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir = a.cwd
+	cmd.Env = a.env
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return "", fmt.Errorf("start daemon: %w", err)
+	}
+	pid := cmd.Process.Pid
+	_ = cmd.Process.Release()
+	if err := os.WriteFile(pidPath, []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
+		return "", fmt.Errorf("write daemon pid file %s: %w", pidPath, err)
+	}
+	return "Inspect its log: " + logPath, nil
+}
+
+// daemonUnitName is the transient unit ensure-daemon starts the daemon in.
+// It does not match the instance pattern rollbridge-<app>-*.service.
+func daemonUnitName(app string) string {
+	return "rollbridge-" + units.EscapeComponent(app) + ".service"
+}
+
+func (a *app) startDaemonUnit(ctx context.Context, cfg *config.Config, argv []string) (string, error) {
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := dbusctl.Dial(dctx, dbusctl.Options{Bus: dbusctl.BusAuto})
+	if err != nil {
+		return "", fmt.Errorf("connect to systemd: %w", err)
+	}
+	defer conn.Close()
+	unit := daemonUnitName(cfg.Application)
+	err = conn.StartTransient(dctx, dbusctl.TransientSpec{
+		Name:             unit,
+		Description:      "Rollbridge daemon for " + cfg.Application,
+		Slice:            "rollbridge.slice",
+		Argv:             argv,
+		WorkingDirectory: a.cwd,
+		Environment:      a.env,
+		KillSignal:       syscall.SIGTERM,
+		// The daemon stops every managed process on SIGTERM; give it time.
+		TimeoutStop:      10 * time.Minute,
+		SyslogIdentifier: strings.TrimSuffix(unit, ".service"),
+		LogExtraFields:   []string{"ROLLBRIDGE_APP=" + cfg.Application},
+	})
+	if err != nil {
+		return "", fmt.Errorf("start %s: %w", unit, err)
+	}
+	return unit, nil
+}

@@ -1,0 +1,305 @@
+// Package daemon is the composition root of `rollbridge daemon`: it picks
+// the process runner, obtains the proxy listener (systemd socket activation
+// or its own bind), binds the control socket, wires the release manager to
+// the proxy and the control API, reports readiness to systemd, and runs the
+// ordered shutdown of spec §3.6.
+package daemon
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/rollbridge/rollbridge/config"
+	"github.com/rollbridge/rollbridge/control"
+	"github.com/rollbridge/rollbridge/proxy"
+	"github.com/rollbridge/rollbridge/proxy/health"
+	"github.com/rollbridge/rollbridge/release"
+	"github.com/rollbridge/rollbridge/units"
+)
+
+// Options configures Run.
+type Options struct {
+	// ConfigPath is the absolute path of rollbridge.js; it is re-evaluated
+	// before every deploy and rollback.
+	ConfigPath string
+	// Runner is auto, systemd or exec.
+	Runner string
+	// JournalDir is handed to journalctl --directory ("" = default journal).
+	JournalDir string
+	// Env is the daemon's environment (process.env of the config and the
+	// base of every instance's environment).
+	Env []string
+	// Log receives the daemon's JSON log lines (stdout / the journal).
+	Log io.Writer
+	// Version is reported in status.daemonRuntime.
+	Version string
+}
+
+// Run runs the daemon until ctx ends (SIGINT/SIGTERM) or a shutdown command
+// completes, then stops everything it owns. It returns nil after a clean
+// shutdown.
+func Run(ctx context.Context, opts Options) error {
+	loadOpts := config.LoadOptions{Env: opts.Env}
+	cfg, err := config.Load(ctx, opts.ConfigPath, loadOpts)
+	if err != nil {
+		return err
+	}
+	logw := opts.Log
+	if logw == nil {
+		logw = os.Stdout
+	}
+	log := slog.New(slog.NewJSONHandler(logw, nil))
+	events := release.NewEvents(log, nil)
+	d := &daemon{cfg: cfg, opts: opts, log: log, events: events, done: make(chan struct{})}
+	return d.run(ctx, loadOpts)
+}
+
+type daemon struct {
+	cfg     *config.Config
+	opts    Options
+	log     *slog.Logger
+	events  *release.Events
+	runner  units.Runner
+	proxy   *proxy.Proxy
+	mgr     *release.Manager
+	ctl     *control.Server
+	runtime runtimeIdentity
+
+	proxyAddr   *net.TCPAddr
+	proxyCancel context.CancelFunc
+	proxyDone   chan error
+
+	shutOnce sync.Once
+	shutErr  error
+	done     chan struct{}
+}
+
+func (d *daemon) run(ctx context.Context, loadOpts config.LoadOptions) error {
+	d.runtime = currentRuntime(d.opts.Version)
+	runner, err := NewRunner(ctx, d.cfg.Application, RunnerOptions{Kind: d.opts.Runner, JournalDir: d.opts.JournalDir, Logger: d.log})
+	if err != nil {
+		return err
+	}
+	d.runner = runner
+	defer runner.Close()
+	d.log.Info("process runner selected", "runner", runner.Kind())
+
+	if err := d.startProxy(ctx); err != nil {
+		return err
+	}
+	// The manager and everything it starts live until the shutdown ends,
+	// not until ctx (a signal) ends.
+	life, endLife := context.WithCancel(context.WithoutCancel(ctx))
+	defer endLife()
+	d.mgr, err = release.New(release.Options{
+		Config: d.cfg,
+		Reload: func(ctx context.Context) (*config.Config, error) {
+			return config.Load(ctx, d.opts.ConfigPath, loadOpts)
+		},
+		Runner:  runner,
+		Traffic: trafficAdapter{d.proxy, d.log},
+		Health:  checkHealth,
+		Events:  d.events,
+		Env:     d.opts.Env,
+		Logger:  d.log,
+	})
+	if err != nil {
+		d.stopProxy()
+		return err
+	}
+	if err := d.mgr.Run(life); err != nil {
+		d.stopProxy()
+		return err
+	}
+	ln, err := listenControl(ctx, d.cfg.Control)
+	if err != nil {
+		d.stopProxy()
+		return err
+	}
+	d.events.Emit("control socket listening", map[string]any{"path": d.cfg.Control.Path})
+	d.ctl = &control.Server{
+		Handler:   d,
+		Authorize: d.authorizer().Authorize,
+		OnConnError: func(err error) {
+			d.events.Emit("control connection error", map[string]any{"code": errCode(err), "error": err.Error()})
+		},
+	}
+	ctlDone := make(chan error, 1)
+	go func() { ctlDone <- d.ctl.Serve(life, ln) }()
+	_, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyReady)
+
+	select {
+	case <-ctx.Done():
+		d.log.Info("signal received; shutting down")
+		shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+		err = d.shutdown(shutCtx)
+		cancel()
+	case <-d.done:
+		err = d.shutErr
+	}
+	// The requesting connection gets its reply before the server goes.
+	d.ctl.Wait()
+	endLife()
+	<-ctlDone
+	return err
+}
+
+// shutdownTimeout bounds a signal-driven shutdown (every graceful stop
+// window is inside it).
+const shutdownTimeout = 10 * time.Minute
+
+func (d *daemon) startProxy(ctx context.Context) error {
+	ln, activated, err := proxy.Listen(ctx, d.cfg.Proxy.Host, d.cfg.Proxy.Port, proxy.DefaultFDName)
+	if err != nil {
+		return fmt.Errorf("bind proxy %s: %w", net.JoinHostPort(d.cfg.Proxy.Host, strconv.Itoa(d.cfg.Proxy.Port)), err)
+	}
+	p, err := proxy.New(proxy.Options{
+		OnError: func(release string, err error) {
+			d.events.Emit("proxy error", map[string]any{"error": err.Error(), "releaseId": release})
+		},
+	})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	d.proxy = p
+	d.proxyAddr, _ = ln.Addr().(*net.TCPAddr)
+	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	d.proxyCancel = cancel
+	d.proxyDone = make(chan error, 1)
+	go func() { d.proxyDone <- p.Serve(pctx, ln) }()
+	host, port := d.cfg.Proxy.Host, 0
+	if d.proxyAddr != nil {
+		port = d.proxyAddr.Port
+		if activated {
+			host = d.proxyAddr.IP.String()
+		}
+	}
+	d.events.Emit("proxy listening", map[string]any{"host": host, "port": port, "socketActivated": activated})
+	return nil
+}
+
+func (d *daemon) stopProxy() error {
+	d.proxyCancel()
+	err := <-d.proxyDone
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// shutdown is spec §3.6: stop accepting control connections (keeping the
+// requester's), remove the socket file, stop every process in parallel,
+// close the proxy. Concurrent calls share one run.
+func (d *daemon) shutdown(ctx context.Context) error {
+	d.shutOnce.Do(func() {
+		_, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyStopping)
+		var errs []error
+		if d.ctl != nil {
+			d.ctl.Stop(ctx)
+		}
+		if err := os.Remove(d.cfg.Control.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("control socket unlink failed: %w", err))
+		}
+		if err := d.mgr.Shutdown(ctx); err != nil {
+			errs = append(errs, err)
+		}
+		if err := d.stopProxy(); err != nil {
+			errs = append(errs, fmt.Errorf("proxy close failed: %w", err))
+		}
+		if len(errs) > 0 {
+			msgs := make([]string, len(errs))
+			for i, e := range errs {
+				msgs[i] = e.Error()
+			}
+			d.shutErr = errors.New(strings.Join(msgs, "; "))
+		}
+		close(d.done)
+	})
+	<-d.done
+	return d.shutErr
+}
+
+func errCode(err error) any {
+	var errno interface{ Errno() uintptr }
+	if errors.As(err, &errno) {
+		return strconv.FormatUint(uint64(errno.Errno()), 10)
+	}
+	return nil
+}
+
+func (d *daemon) authorizer() control.Policy {
+	p := control.Policy{DaemonUID: uint32(os.Getuid())}
+	if g := d.cfg.Control.Group; g != nil {
+		if id, err := resolvePrincipal(*g, true); err == nil {
+			p.Group = &id
+			p.GroupName = g.String()
+		}
+	}
+	return p
+}
+
+// checkHealth adapts proxy/health to the manager.
+func checkHealth(ctx context.Context, url string, h config.Health) error {
+	return health.Check(ctx, health.Options{URL: url, Interval: h.Interval, Timeout: h.Timeout, StartDelay: h.StartDelay})
+}
+
+// trafficAdapter adapts *proxy.Proxy to release.Traffic.
+type trafficAdapter struct {
+	p   *proxy.Proxy
+	log *slog.Logger
+}
+
+func (t trafficAdapter) Switch(release string, upstreams []string) {
+	if err := t.p.Switch(release, upstreams); err != nil {
+		t.log.Error("switch traffic", "release", release, "error", err)
+	}
+}
+func (t trafficAdapter) Clear() { t.p.Clear() }
+func (t trafficAdapter) Connections(release string) (int, int) {
+	return t.p.Connections(release)
+}
+func (t trafficAdapter) Drain(ctx context.Context, release string, deadline time.Time) {
+	t.p.Drain(ctx, release, deadline)
+}
+func (t trafficAdapter) Forget(release string) { t.p.Forget(release) }
+
+// runtimeIdentity is status.daemonRuntime (spec §8.5): what binary runs.
+type runtimeIdentity struct {
+	Digest  string `json:"digest"`
+	Format  int    `json:"format"`
+	Path    string `json:"path"`
+	Version string `json:"version"`
+}
+
+func currentRuntime(version string) runtimeIdentity {
+	id := runtimeIdentity{Format: 1, Version: version}
+	exe, err := os.Executable()
+	if err != nil {
+		return id
+	}
+	id.Path = exe
+	f, err := os.Open(exe)
+	if err != nil {
+		return id
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err == nil {
+		id.Digest = hex.EncodeToString(h.Sum(nil))
+	}
+	return id
+}
