@@ -85,7 +85,6 @@ func (l *load) finish() {
 	l.wg.Wait()
 }
 
-
 func TestZeroDowntimeDeploys(t *testing.T) {
 	forEachRunner(t, func(t *testing.T, runner string) {
 		dir, err := os.MkdirTemp("", "rbe2e-cron")

@@ -342,4 +342,3 @@ func (e *env) events() []string {
 	}
 	return out
 }
-
