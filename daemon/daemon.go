@@ -77,6 +77,8 @@ type daemon struct {
 	mgr     *release.Manager
 	ctl     *control.Server
 	runtime runtimeIdentity
+	orphans orphanSet
+	state   *stateStore
 
 	proxyAddr   *net.TCPAddr
 	proxyCancel context.CancelFunc
@@ -96,6 +98,10 @@ func (d *daemon) run(ctx context.Context, loadOpts config.LoadOptions) error {
 	d.runner = runner
 	defer runner.Close()
 	d.log.Info("process runner selected", "runner", runner.Kind())
+	if d.cfg.StatePath != "" {
+		d.orphans.list = readOrphans(d.cfg.StatePath)
+		reportOrphans(d.events, d.orphans.list)
+	}
 
 	if err := d.startProxy(ctx); err != nil {
 		return err
@@ -115,6 +121,11 @@ func (d *daemon) run(ctx context.Context, loadOpts config.LoadOptions) error {
 		Events:  d.events,
 		Env:     d.opts.Env,
 		Logger:  d.log,
+		OnChange: func() {
+			if d.state != nil {
+				d.state.write(context.Background())
+			}
+		},
 	})
 	if err != nil {
 		d.stopProxy()
@@ -139,6 +150,18 @@ func (d *daemon) run(ctx context.Context, loadOpts config.LoadOptions) error {
 	}
 	ctlDone := make(chan error, 1)
 	go func() { ctlDone <- d.ctl.Serve(life, ln) }()
+	if d.cfg.StatePath != "" {
+		// Persistence starts once the control socket is exposed (spec §8.1).
+		d.state = &stateStore{
+			path:     d.cfg.StatePath,
+			snapshot: d.snapshot,
+			onError: func(err error) {
+				d.events.Emit("state persist failed", map[string]any{"error": err.Error()})
+			},
+		}
+		d.state.write(life)
+		go d.state.run(life)
+	}
 	_, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyReady)
 
 	select {
@@ -219,6 +242,11 @@ func (d *daemon) shutdown(ctx context.Context) error {
 		}
 		if err := d.stopProxy(); err != nil {
 			errs = append(errs, fmt.Errorf("proxy close failed: %w", err))
+		}
+		if d.state != nil {
+			if err := d.state.finish(d.orphans.live()); err != nil {
+				errs = append(errs, fmt.Errorf("persistent state cleanup failed: %w", err))
+			}
 		}
 		if len(errs) > 0 {
 			msgs := make([]string, len(errs))

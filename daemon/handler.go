@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/rollbridge/rollbridge/config"
 	"github.com/rollbridge/rollbridge/control"
@@ -54,7 +55,7 @@ type Status struct {
 	Application     string                  `json:"application"`
 	Control         controlStatus           `json:"control"`
 	DaemonRuntime   runtimeIdentity         `json:"daemonRuntime"`
-	Orphans         []any                   `json:"orphans"`
+	Orphans         []orphan                `json:"orphans"`
 	Proxy           proxyStatus             `json:"proxy"`
 	Releases        []release.ReleaseStatus `json:"releases"`
 	Runner          string                  `json:"runner"`
@@ -98,7 +99,7 @@ func (d *daemon) status(ctx context.Context) Status {
 		Application:     cfg.Application,
 		Control:         cs,
 		DaemonRuntime:   d.runtime,
-		Orphans:         []any{},
+		Orphans:         d.orphans.live(),
 		Proxy:           proxyStatus{Host: cfg.Proxy.Host, Port: port, UpstreamHost: cfg.Proxy.UpstreamHost},
 		Releases:        ms.Releases,
 		Runner:          d.runner.Kind(),
@@ -185,4 +186,14 @@ func (d *daemon) logTargets(ctx context.Context, processID string) []logTarget {
 		add(s.Process, "singleton")
 	}
 	return out
+}
+
+// snapshot is what statePath holds: the status object plus the event
+// history and persistedAt (sanitized before writing).
+func (d *daemon) snapshot(ctx context.Context) any {
+	return struct {
+		Status
+		Events      []release.Event `json:"events"`
+		PersistedAt string          `json:"persistedAt"`
+	}{d.status(ctx), d.events.Recent(0), release.Timestamp(time.Now())}
 }

@@ -30,3 +30,21 @@ func (e *env) listUnits() []string {
 	sort.Strings(out)
 	return out
 }
+
+// stopAppUnits stops every instance unit of the app (leftovers of a killed
+// daemon).
+func (e *env) stopAppUnits() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := dbusctl.Dial(ctx, dbusctl.Options{Bus: dbusctl.BusAuto})
+	if err != nil {
+		e.t.Error(err)
+		return
+	}
+	defer conn.Close()
+	for _, name := range e.listUnits() {
+		if err := conn.Stop(ctx, name); err != nil {
+			e.t.Errorf("stop %s: %v", name, err)
+		}
+	}
+}

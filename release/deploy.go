@@ -125,6 +125,7 @@ func (m *Manager) deploy(ctx context.Context, req DeployRequest, rollbackOf stri
 		m.retire(prev)
 	}
 	result := DeployResult{ActiveReleaseID: id, PreviousReleaseID: prevID}
+	m.onChange()
 	if singletonErr != nil {
 		return result, singletonErr
 	}

@@ -46,21 +46,25 @@ type Options struct {
 	Health  HealthChecker
 	Events  *Events
 	// Env is the daemon's environment, the base of every instance's.
-	Env    []string
-	Logger *slog.Logger
-	Now    func() time.Time
+	Env []string
+	// OnChange is called after a successful deploy, a stop and a finished
+	// drain (the daemon persists its state then, spec §8.1).
+	OnChange func()
+	Logger   *slog.Logger
+	Now      func() time.Time
 }
 
 // Manager owns the releases, services and singletons of one application.
 type Manager struct {
-	runner  units.Runner
-	traffic Traffic
-	health  HealthChecker
-	reload  func(ctx context.Context) (*config.Config, error)
-	events  *Events
-	env     []string
-	log     *slog.Logger
-	now     func() time.Time
+	runner   units.Runner
+	traffic  Traffic
+	health   HealthChecker
+	reload   func(ctx context.Context) (*config.Config, error)
+	events   *Events
+	env      []string
+	onChange func()
+	log      *slog.Logger
+	now      func() time.Time
 
 	// ctx lives as long as Run; restarts started by timers use it.
 	ctx context.Context
@@ -93,7 +97,7 @@ func New(opts Options) (*Manager, error) {
 	}
 	m := &Manager{
 		runner: opts.Runner, traffic: opts.Traffic, health: opts.Health, reload: opts.Reload,
-		events: opts.Events, env: opts.Env, log: opts.Logger, now: opts.Now,
+		events: opts.Events, env: opts.Env, onChange: opts.OnChange, log: opts.Logger, now: opts.Now,
 		op: make(chan struct{}, 1), cfg: opts.Config,
 		starting: map[*releaseRec]struct{}{}, byUnit: map[string]*instance{},
 		ctx: context.Background(),
@@ -106,6 +110,9 @@ func New(opts Options) (*Manager, error) {
 	}
 	if m.now == nil {
 		m.now = time.Now
+	}
+	if m.onChange == nil {
+		m.onChange = func() {}
 	}
 	if m.reload == nil {
 		m.reload = func(context.Context) (*config.Config, error) { return m.config(), nil }

@@ -23,6 +23,9 @@ func (m *Manager) retire(rec *releaseRec) {
 			m.events.Emit("release drained", map[string]any{"releaseId": rec.id})
 		}
 		m.prune()
+		if !m.isStopping() {
+			m.onChange()
+		}
 	}()
 }
 
@@ -109,6 +112,7 @@ func (m *Manager) Stop(ctx context.Context, releaseID string) (Status, error) {
 	}
 	m.events.Emit("release stopped", map[string]any{"releaseId": rec.id})
 	m.prune()
+	m.onChange()
 	if stopErr != nil {
 		return Status{}, stopErr
 	}
