@@ -59,15 +59,12 @@ func AppSlice(app string) string {
 }
 
 // AppUnitPattern is a glob matching every instance unit of app (for
-// ListUnitsByPatterns).
+// ListUnitsByPatterns). systemd matches with fnmatch(FNM_NOESCAPE), so the
+// \xNN escapes are literal, and EscapeComponent has already turned the
+// metacharacters "*", "?" and "[" into escapes.
 func AppUnitPattern(app string) string {
-	return unitPrefix + "-" + globQuote(EscapeComponent(app)) + "-*.service"
+	return unitPrefix + "-" + EscapeComponent(app) + "-*.service"
 }
-
-// globQuote protects fnmatch metacharacters; EscapeComponent already turns
-// "*", "?" and "[" into \xNN sequences, but the backslash itself must be
-// literal for fnmatch.
-func globQuote(s string) string { return strings.ReplaceAll(s, `\`, `\\`) }
 
 // SyslogIdentifier is the journald identifier of the instance; unique per
 // instance so `journalctl -t` selects exactly its lines.

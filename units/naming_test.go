@@ -55,7 +55,7 @@ func TestSlicesAndPatterns(t *testing.T) {
 	if got := AppSlice("shop-front"); got != `rollbridge-shop\x2dfront.slice` {
 		t.Errorf("AppSlice = %q", got)
 	}
-	if got := AppUnitPattern("shop-front"); got != `rollbridge-shop\\x2dfront-*.service` {
+	if got := AppUnitPattern("shop-front"); got != `rollbridge-shop\x2dfront-*.service` {
 		t.Errorf("AppUnitPattern = %q", got)
 	}
 }
