@@ -29,7 +29,7 @@ func TestIdentityFromName(t *testing.T) {
 
 func TestUnitPattern(t *testing.T) {
 	// systemd fnmatch()es with FNM_NOESCAPE: the backslash of \x2d is literal.
-	if got, want := unitPattern("shop-front"), `rollbridge-shop\x2dfront-*.service`; got != want {
+	if got, want := units.AppUnitPattern("shop-front"), `rollbridge-shop\x2dfront-*.service`; got != want {
 		t.Errorf("unitPattern = %q, want %q", got, want)
 	}
 }

@@ -60,7 +60,7 @@ func (r *Runner) Status(ctx context.Context, name string) (units.Status, error) 
 // stopping or failed), including ones started by an earlier runner. The
 // identity comes from each unit's environment and must agree with its name.
 func (r *Runner) List(ctx context.Context, app string) ([]units.Status, error) {
-	list, err := r.conn.ListUnits(ctx, unitPattern(app))
+	list, err := r.conn.ListUnits(ctx, units.AppUnitPattern(app))
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", app, err)
 	}
@@ -86,15 +86,6 @@ func (r *Runner) List(ctx context.Context, app string) ([]units.Status, error) {
 		out = append(out, r.statusFromState(u.Name, id, p.UnitState))
 	}
 	return out, nil
-}
-
-// unitPattern is units.AppUnitPattern without its backslash doubling:
-// systemd matches ListUnitsByPatterns with fnmatch(…, FNM_NOESCAPE), so the
-// "\x2d" of an escaped name must stay a single literal backslash (verified
-// on systemd 252: the doubled form matches nothing). Once AppUnitPattern
-// stops doubling, this is a no-op.
-func unitPattern(app string) string {
-	return strings.ReplaceAll(units.AppUnitPattern(app), `\\`, `\`)
 }
 
 // identityFromProps rebuilds the Identity from the unit's environment and
