@@ -74,6 +74,15 @@ type instance struct {
 	// earlyExit holds an exit event that arrived before Start returned the
 	// pid (a command that dies at once).
 	earlyExit *units.Event
+
+	// Memory supervision (memory.go).
+	samplerCancel       context.CancelFunc
+	memoryRestarting    bool
+	warned              bool
+	rssBytes            uint64
+	children            []Child
+	memoryRestarts      int
+	lastMemoryRestartAt time.Time
 }
 
 func newInstance(m *Manager, def *config.Process, rc config.ReleaseContext, replica int, sc scope) (*instance, error) {
@@ -174,6 +183,7 @@ func (in *instance) start(ctx context.Context, reason string) error {
 	in.startedAt = in.m.now()
 	in.lastStartReason = reason
 	in.state = stateRunning
+	in.startSamplerLocked()
 	early := in.earlyExit
 	in.earlyExit = nil
 	cmd := in.built.Command
@@ -216,6 +226,8 @@ func (in *instance) onExit(ev units.Event) {
 	in.pid = 0
 	in.exited = true
 	in.exit = ev.Exit
+	in.stopSamplerLocked()
+	in.rssBytes, in.children = 0, nil
 	requested := in.stopRequested
 	if requested {
 		in.state = stateStopped
@@ -320,6 +332,7 @@ const startTimeout = 60 * time.Second
 func (in *instance) stop(ctx context.Context) error {
 	in.mu.Lock()
 	in.stopRequested = true
+	in.stopSamplerLocked()
 	if in.restartTimer != nil {
 		in.restartTimer.Stop()
 		in.restartTimer = nil
@@ -360,6 +373,7 @@ func (in *instance) stop(ctx context.Context) error {
 			in.pid = 0
 		}
 		in.state = stateStopped
+		in.rssBytes, in.children = 0, nil
 	}
 	in.stopDone = nil
 	in.mu.Unlock()

@@ -207,9 +207,16 @@ func (m *Manager) processStatus(ctx context.Context, in *instance, withLogs bool
 		up := m.now().Sub(in.startedAt).Milliseconds()
 		ps.UptimeMs = &up
 	}
-	unit, live := in.unit, in.pid != 0
+	ps.MemoryRestarts = in.memoryRestarts
+	ps.LastMemoryRestartAt = stamp(in.lastMemoryRestartAt)
+	if in.children != nil {
+		ps.Children = append(ps.Children, in.children...)
+	}
+	ps.RSSBytes = in.rssBytes
+	unit, live, sampled := in.unit, in.pid != 0, in.def.Memory != nil
 	in.mu.Unlock()
-	if live {
+	if live && !sampled {
+		// Without memory supervision, still report the current figure.
 		sctx, cancel := context.WithTimeout(ctx, logsTimeout)
 		if rs, err := m.runner.Status(sctx, unit); err == nil && rs.MemoryBytes > 0 {
 			ps.RSSBytes = rs.MemoryBytes

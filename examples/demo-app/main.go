@@ -25,7 +25,11 @@ import (
 func main() {
 	port := flag.Int("port", 0, "port to listen on (default $PORT)")
 	host := flag.String("host", "127.0.0.1", "address to bind")
+	leak := flag.Int("leak-mb-per-s", 0, "simulate a memory leak: grow the resident set by this many MiB per second")
 	flag.Parse()
+	if *leak > 0 {
+		go leakMemory(*leak)
+	}
 	if *port == 0 {
 		*port, _ = strconv.Atoi(os.Getenv("PORT"))
 	}
@@ -91,5 +95,18 @@ func main() {
 	}()
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Fatalf("serve: %v", err)
+	}
+}
+
+// leakMemory grows the resident set without bound, for memory-supervision
+// demos and tests.
+func leakMemory(mbPerSecond int) {
+	var hoard [][]byte
+	for range time.Tick(100 * time.Millisecond) {
+		chunk := make([]byte, mbPerSecond<<20/10)
+		for i := range chunk {
+			chunk[i] = byte(i)
+		}
+		hoard = append(hoard, chunk)
 	}
 }
