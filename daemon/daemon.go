@@ -98,10 +98,6 @@ func (d *daemon) run(ctx context.Context, loadOpts config.LoadOptions) error {
 	d.runner = runner
 	defer runner.Close()
 	d.log.Info("process runner selected", "runner", runner.Kind())
-	if d.cfg.StatePath != "" {
-		d.orphans.list = readOrphans(d.cfg.StatePath)
-		reportOrphans(d.events, d.orphans.list)
-	}
 
 	if err := d.startProxy(ctx); err != nil {
 		return err
@@ -132,6 +128,10 @@ func (d *daemon) run(ctx context.Context, loadOpts config.LoadOptions) error {
 		return err
 	}
 	if err := d.mgr.Run(life); err != nil {
+		d.stopProxy()
+		return err
+	}
+	if err := d.adopt(ctx); err != nil {
 		d.stopProxy()
 		return err
 	}
@@ -330,4 +330,33 @@ func currentRuntime(version string) runtimeIdentity {
 		id.Digest = hex.EncodeToString(h.Sum(nil))
 	}
 	return id
+}
+
+// adopt re-adopts the live units of a previous daemon (systemd runner: they
+// survive a daemon crash or restart) and reports, as advisory orphans, the
+// processes of the previous daemon's snapshot that are alive but were not
+// adopted (exec runner children, spec §8.2).
+func (d *daemon) adopt(ctx context.Context) error {
+	prior := readPriorState(d.cfg.StatePath)
+	res, err := d.mgr.Adopt(ctx, prior)
+	if err != nil {
+		return err
+	}
+	if len(res.Instances) > 0 {
+		d.log.Info("re-adopted running units", "count", len(res.Instances), "active", res.Active)
+	}
+	if d.cfg.StatePath == "" {
+		return nil
+	}
+	adopted := map[int]bool{}
+	for _, pid := range res.PIDs {
+		adopted[pid] = true
+	}
+	for _, o := range readOrphans(d.cfg.StatePath) {
+		if !adopted[o.PID] {
+			d.orphans.list = append(d.orphans.list, o)
+		}
+	}
+	reportOrphans(d.events, d.orphans.list)
+	return nil
 }

@@ -247,3 +247,20 @@ func reportOrphans(events *release.Events, list []orphan) {
 		})
 	}
 }
+
+// readPriorState parses a previous daemon's snapshot; nil when there is
+// none or it cannot be parsed.
+func readPriorState(path string) *release.PriorState {
+	if path == "" {
+		return nil
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	var p release.PriorState
+	if json.Unmarshal(raw, &p) != nil {
+		return nil
+	}
+	return &p
+}

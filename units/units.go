@@ -113,6 +113,10 @@ type Status struct {
 	// MemoryBytes is the manager's cgroup memory figure (MemoryCurrent) when
 	// available, else the sum of VmRSS over PIDs; 0 when unmeasurable.
 	MemoryBytes uint64
+	// Env is the instance's environment as the runner can read it back (the
+	// systemd unit's Environment=); filled by List, used for re-adoption
+	// after a daemon restart. nil when unknown.
+	Env []string
 }
 
 // EventKind classifies a state change reported by Watch.

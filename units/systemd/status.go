@@ -83,7 +83,9 @@ func (r *Runner) List(ctx context.Context, app string) ([]units.Status, error) {
 		if app == r.app {
 			r.mon.remember(u.Name, id)
 		}
-		out = append(out, r.statusFromState(u.Name, id, p.UnitState))
+		st := r.statusFromState(u.Name, id, p.UnitState)
+		st.Env = p.Environment
+		out = append(out, st)
 	}
 	return out, nil
 }

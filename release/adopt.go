@@ -1,0 +1,348 @@
+package release
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rollbridge/rollbridge/config"
+	"github.com/rollbridge/rollbridge/units"
+)
+
+// PriorState is what a previous daemon persisted in statePath (the status
+// object); it supplies what units cannot carry: which release was active,
+// stopped releases kept for rollback, timestamps and restart counters.
+type PriorState struct {
+	ActiveReleaseID *string `json:"activeReleaseId"`
+	Releases        []struct {
+		ReleaseID      string         `json:"releaseId"`
+		ReleasePath    string         `json:"releasePath"`
+		Revision       string         `json:"revision"`
+		State          string         `json:"state"`
+		ActivatedAt    string         `json:"activatedAt"`
+		DrainStartedAt string         `json:"drainStartedAt"`
+		StoppedAt      string         `json:"stoppedAt"`
+		Ports          map[string]int `json:"ports"`
+		Processes      []priorProcess `json:"processes"`
+	} `json:"releases"`
+	Services   []struct{ Process priorProcess } `json:"services"`
+	Singletons []struct{ Process priorProcess } `json:"singletons"`
+}
+
+type priorProcess struct {
+	ID              string `json:"id"`
+	Restarts        int    `json:"restarts"`
+	LastStartReason string `json:"lastStartReason"`
+	MemoryRestarts  int    `json:"memoryRestarts"`
+}
+
+// Adopted summarizes a re-adoption.
+type Adopted struct {
+	// Instances lists the adopted instance units, PIDs their main pids.
+	Instances []string
+	PIDs      []int
+	// Foreign are live units of this application that match no process of
+	// the current config; they are left running and reported.
+	Foreign []units.Status
+	// Active is the release traffic was switched to ("" for none).
+	Active string
+}
+
+// Adopt rebuilds releases, services and singletons from the runner's live
+// units after a daemon restart: running units keep running and keep their
+// pids; nothing is started or duplicated. prior (may be nil) is the previous
+// daemon's snapshot. Call it after Run and before serving any command.
+func (m *Manager) Adopt(ctx context.Context, prior *PriorState) (Adopted, error) {
+	var res Adopted
+	list, err := m.runner.List(ctx, m.config().Application)
+	if err != nil {
+		return res, fmt.Errorf("list units to re-adopt: %w", err)
+	}
+	cfg := m.config()
+	byRelease := map[string][]units.Status{}
+	var serviceUnits, singletonUnits []units.Status
+	for _, st := range list {
+		if st.MainPID == 0 || st.State == units.StateExited || st.State == units.StateFailed {
+			continue
+		}
+		def := cfg.Process(st.Identity.Process)
+		switch {
+		case def == nil || st.Identity.Replica >= def.Replicas:
+			res.Foreign = append(res.Foreign, st)
+		case def.Policy == config.Service && def.DeployStrategy == config.Persistent:
+			serviceUnits = append(serviceUnits, st)
+		case def.Policy == config.Singleton:
+			singletonUnits = append(singletonUnits, st)
+		default:
+			byRelease[st.Identity.Release] = append(byRelease[st.Identity.Release], st)
+		}
+	}
+	recs := m.adoptReleases(cfg, prior, byRelease, &res)
+	active := m.pickActive(prior, recs)
+
+	m.mu.Lock()
+	m.releases = append(m.releases, recs...)
+	m.mu.Unlock()
+	for _, st := range serviceUnits {
+		if in := m.adoptInstance(cfg, st, daemonScope{m}, prior, &res); in != nil {
+			m.mu.Lock()
+			m.services = append(m.services, in)
+			m.mu.Unlock()
+		}
+	}
+	for _, st := range singletonUnits {
+		var sc scope = daemonScope{m}
+		for _, r := range recs {
+			if r.id == st.Identity.Release {
+				sc = r
+			}
+		}
+		if in := m.adoptInstance(cfg, st, sc, prior, &res); in != nil {
+			m.setSingleton(in)
+		}
+	}
+	if active != nil {
+		m.mu.Lock()
+		m.active = active
+		m.mu.Unlock()
+		m.traffic.Switch(active.id, active.upstreams)
+		res.Active = active.id
+	}
+	for _, r := range recs {
+		if r != active && r.getState() != relStopped {
+			m.retire(r)
+		}
+	}
+	for _, st := range res.Foreign {
+		m.events.Emit("unknown unit left running", map[string]any{"unit": st.Name, "pid": st.MainPID, "releaseId": st.Identity.Release,
+			"hint": "No process of the current config matches this unit; stop it with systemctl stop if it is a leftover."})
+	}
+	m.events.Emit("units adopted", map[string]any{"count": len(res.Instances), "activeReleaseId": nilIfEmpty(res.Active)})
+	return res, nil
+}
+
+func nilIfEmpty(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
+
+// adoptReleases builds release records from prior releases (stopped ones
+// are kept as rollback targets) and from live units.
+func (m *Manager) adoptReleases(cfg *config.Config, prior *PriorState, byRelease map[string][]units.Status, res *Adopted) []*releaseRec {
+	var recs []*releaseRec
+	seen := map[string]bool{}
+	if prior != nil {
+		for _, pr := range prior.Releases {
+			rec := &releaseRec{m: m, id: pr.ReleaseID, path: pr.ReleasePath, revision: pr.Revision, cfg: cfg, state: relStopped, ports: pr.Ports}
+			rec.activatedAt, rec.drainStartedAt, rec.stoppedAt = parseStamp(pr.ActivatedAt), parseStamp(pr.DrainStartedAt), parseStamp(pr.StoppedAt)
+			if live := byRelease[pr.ReleaseID]; len(live) > 0 {
+				rec.state = pr.State
+				if rec.state != relActive && rec.state != relDraining {
+					rec.state = relDraining
+				}
+				m.adoptInto(rec, cfg, live, prior, res)
+			} else if rec.stoppedAt.IsZero() {
+				rec.stoppedAt = m.now()
+			}
+			seen[pr.ReleaseID] = true
+			recs = append(recs, rec)
+		}
+	}
+	// Releases only the units know about (no statePath, or written before
+	// they started): rebuilt from the units' environment.
+	var ids []string
+	for id := range byRelease {
+		if !seen[id] {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		live := byRelease[id]
+		env := envMap(live[0].Env)
+		rec := &releaseRec{m: m, id: id, path: env[config.EnvReleasePath], revision: env[config.EnvRevision], cfg: cfg, state: relDraining, ports: portsFromEnv(cfg, env)}
+		rec.activatedAt = earliestStart(live)
+		m.adoptInto(rec, cfg, live, prior, res)
+		recs = append(recs, rec)
+	}
+	return recs
+}
+
+// pickActive: the prior active release if it still runs; without a prior
+// state, the live release whose proxied unit started last.
+func (m *Manager) pickActive(prior *PriorState, recs []*releaseRec) *releaseRec {
+	hasProxied := func(r *releaseRec) bool {
+		for _, in := range r.list() {
+			if in.def.Policy == config.Proxied {
+				return true
+			}
+		}
+		return false
+	}
+	if prior != nil && prior.ActiveReleaseID != nil {
+		for _, r := range recs {
+			if r.id == *prior.ActiveReleaseID && hasProxied(r) {
+				r.setStateKeepTimes(relActive)
+				return r
+			}
+		}
+		return nil
+	}
+	var best *releaseRec
+	var bestAt time.Time
+	for _, r := range recs {
+		for _, in := range r.list() {
+			if in.def.Policy == config.Proxied && in.startedAt.After(bestAt) {
+				best, bestAt = r, in.startedAt
+			}
+		}
+	}
+	if best != nil {
+		best.setStateKeepTimes(relActive)
+	}
+	return best
+}
+
+func (r *releaseRec) setStateKeepTimes(s string) {
+	r.mu.Lock()
+	r.state = s
+	r.mu.Unlock()
+}
+
+func (m *Manager) adoptInto(rec *releaseRec, cfg *config.Config, live []units.Status, prior *PriorState, res *Adopted) {
+	sort.Slice(live, func(i, j int) bool { return startOrder(cfg, live[i]) < startOrder(cfg, live[j]) })
+	for _, st := range live {
+		if in := m.adoptInstance(cfg, st, rec, prior, res); in != nil {
+			rec.instances = append(rec.instances, in)
+			if in.def.Policy == config.Proxied {
+				if port, ok := rec.ports[in.def.ID]; ok {
+					rec.upstreams = []string{net.JoinHostPort(cfg.Proxy.UpstreamHost, strconv.Itoa(port))}
+				}
+			}
+		}
+	}
+}
+
+// startOrder keeps a release's instances in deploy order: handoff services,
+// companions, proxied; config order within a group.
+func startOrder(cfg *config.Config, st units.Status) int {
+	for i := range cfg.Processes {
+		d := &cfg.Processes[i]
+		if d.ID != st.Identity.Process {
+			continue
+		}
+		group := 1
+		switch {
+		case d.Policy == config.Service:
+			group = 0
+		case d.Policy == config.Proxied:
+			group = 2
+		}
+		return group*1_000_000 + i*1000 + st.Identity.Replica
+	}
+	return 3_000_000
+}
+
+// adoptInstance wraps a live unit in an instance without starting anything.
+func (m *Manager) adoptInstance(cfg *config.Config, st units.Status, sc scope, prior *PriorState, res *Adopted) *instance {
+	def := cfg.Process(st.Identity.Process)
+	env := envMap(st.Env)
+	rc := cfg.ReleaseContext(st.Identity.Release, env[config.EnvReleasePath], env[config.EnvRevision], portsFromEnv(cfg, env), m.env)
+	in, err := newInstance(m, def, rc, st.Identity.Replica, sc)
+	if err != nil {
+		// The current config no longer renders for this release (e.g. a new
+		// {{env.X}}); keep supervising the unit with what it runs.
+		in = &instance{m: m, id: def.InstanceID(st.Identity.Replica), replica: st.Identity.Replica, scope: sc, def: def, rc: rc}
+	}
+	in.unit = st.Name
+	in.pid = st.MainPID
+	in.state = stateRunning
+	in.startedAt = st.StartedAt
+	if p := findPrior(prior, st.Identity.Release, in.id, def); p != nil {
+		in.restarts, in.lastStartReason, in.memoryRestarts = p.Restarts, p.LastStartReason, p.MemoryRestarts
+	}
+	in.mu.Lock()
+	in.startSamplerLocked()
+	in.mu.Unlock()
+	m.track(st.Name, in)
+	res.Instances = append(res.Instances, st.Name)
+	res.PIDs = append(res.PIDs, st.MainPID)
+	return in
+}
+
+func findPrior(prior *PriorState, release, id string, def *config.Process) *priorProcess {
+	if prior == nil {
+		return nil
+	}
+	switch def.Policy {
+	case config.Singleton:
+		for i := range prior.Singletons {
+			if prior.Singletons[i].Process.ID == id {
+				return &prior.Singletons[i].Process
+			}
+		}
+	case config.Service:
+		for i := range prior.Services {
+			if prior.Services[i].Process.ID == id {
+				return &prior.Services[i].Process
+			}
+		}
+	}
+	for _, r := range prior.Releases {
+		if r.ReleaseID != release {
+			continue
+		}
+		for i := range r.Processes {
+			if r.Processes[i].ID == id {
+				return &r.Processes[i]
+			}
+		}
+	}
+	return nil
+}
+
+func envMap(env []string) map[string]string {
+	m := make(map[string]string, len(env))
+	for _, kv := range env {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+// portsFromEnv recovers a release's ports from ROLLBRIDGE_<ID>_PORT.
+func portsFromEnv(cfg *config.Config, env map[string]string) map[string]int {
+	ports := map[string]int{}
+	for i := range cfg.Processes {
+		d := &cfg.Processes[i]
+		if d.Port == nil {
+			continue
+		}
+		if v, err := strconv.Atoi(env[config.PortEnvName(d.ID)]); err == nil {
+			ports[d.ID] = v
+		}
+	}
+	return ports
+}
+
+func earliestStart(live []units.Status) time.Time {
+	var t time.Time
+	for _, st := range live {
+		if t.IsZero() || st.StartedAt.Before(t) {
+			t = st.StartedAt
+		}
+	}
+	return t
+}
+
+func parseStamp(s string) time.Time {
+	t, _ := time.Parse("2006-01-02T15:04:05.000Z", s)
+	return t
+}
