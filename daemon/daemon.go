@@ -15,9 +15,11 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
@@ -52,6 +54,7 @@ type Options struct {
 // completes, then stops everything it owns. It returns nil after a clean
 // shutdown.
 func Run(ctx context.Context, opts Options) error {
+	opts.Env = cleanEnv(opts.Env)
 	loadOpts := config.LoadOptions{Env: opts.Env}
 	cfg, err := config.Load(ctx, opts.ConfigPath, loadOpts)
 	if err != nil {
@@ -80,7 +83,11 @@ type daemon struct {
 	orphans orphanSet
 	state   *stateStore
 
+	proxyLn     net.Listener
+	ctlLn       net.Listener
 	proxyAddr   *net.TCPAddr
+	serveProxy  func()
+	serving     bool
 	proxyCancel context.CancelFunc
 	proxyDone   chan error
 
@@ -99,7 +106,11 @@ func (d *daemon) run(ctx context.Context, loadOpts config.LoadOptions) error {
 	defer runner.Close()
 	d.log.Info("process runner selected", "runner", runner.Kind())
 
-	if err := d.startProxy(ctx); err != nil {
+	passed, err := inheritedListeners()
+	if err != nil {
+		return err
+	}
+	if err := d.startProxy(ctx, passed); err != nil {
 		return err
 	}
 	// The manager and everything it starts live until the shutdown ends,
@@ -135,11 +146,13 @@ func (d *daemon) run(ctx context.Context, loadOpts config.LoadOptions) error {
 		d.stopProxy()
 		return err
 	}
-	ln, err := listenControl(ctx, d.cfg.Control)
+	d.serveProxy()
+	ln, err := d.controlListener(ctx, passed)
 	if err != nil {
 		d.stopProxy()
 		return err
 	}
+	d.ctlLn = ln
 	d.events.Emit("control socket listening", map[string]any{"path": d.cfg.Control.Path})
 	d.ctl = &control.Server{
 		Handler:   d,
@@ -162,7 +175,23 @@ func (d *daemon) run(ctx context.Context, loadOpts config.LoadOptions) error {
 		d.state.write(life)
 		go d.state.run(life)
 	}
-	_, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyReady)
+	d.announceReady()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-hup:
+				if err := d.reload(life); err != nil {
+					d.log.Error("reload failed; this daemon keeps running", "error", err)
+					d.events.Emit("daemon reload failed", map[string]any{"error": err.Error()})
+				}
+			case <-d.done:
+				return
+			}
+		}
+	}()
 
 	select {
 	case <-ctx.Done():
@@ -184,12 +213,16 @@ func (d *daemon) run(ctx context.Context, loadOpts config.LoadOptions) error {
 // window is inside it).
 const shutdownTimeout = 10 * time.Minute
 
-func (d *daemon) startProxy(ctx context.Context) error {
-	ln, activated, err := proxy.Listen(ctx, d.cfg.Proxy.Host, d.cfg.Proxy.Port, proxy.DefaultFDName)
+func (d *daemon) startProxy(ctx context.Context, passed map[string][]net.Listener) error {
+	ln, activated, err := proxy.ListenFrom(ctx, passed, d.cfg.Proxy.Host, d.cfg.Proxy.Port, proxy.DefaultFDName)
 	if err != nil {
 		return fmt.Errorf("bind proxy %s: %w", net.JoinHostPort(d.cfg.Proxy.Host, strconv.Itoa(d.cfg.Proxy.Port)), err)
 	}
+	d.proxyLn = ln
 	p, err := proxy.New(proxy.Options{
+		// On shutdown or a reload handover, in-flight requests get up to
+		// the drain timeout to finish.
+		ShutdownTimeout: d.cfg.Proxy.DrainTimeout,
 		OnError: func(release string, err error) {
 			d.events.Emit("proxy error", map[string]any{"error": err.Error(), "releaseId": release})
 		},
@@ -203,7 +236,13 @@ func (d *daemon) startProxy(ctx context.Context) error {
 	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	d.proxyCancel = cancel
 	d.proxyDone = make(chan error, 1)
-	go func() { d.proxyDone <- p.Serve(pctx, ln) }()
+	// Serving starts in serveProxy, once units are re-adopted: a connection
+	// accepted earlier would get 503 although a release is running (after a
+	// reload, the predecessor keeps accepting meanwhile).
+	d.serveProxy = func() {
+		d.serving = true
+		go func() { d.proxyDone <- p.Serve(pctx, ln) }()
+	}
 	host, port := d.cfg.Proxy.Host, 0
 	if d.proxyAddr != nil {
 		port = d.proxyAddr.Port
@@ -217,6 +256,9 @@ func (d *daemon) startProxy(ctx context.Context) error {
 
 func (d *daemon) stopProxy() error {
 	d.proxyCancel()
+	if !d.serving {
+		return d.proxyLn.Close()
+	}
 	err := <-d.proxyDone
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return err

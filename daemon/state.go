@@ -104,6 +104,13 @@ func (s *stateStore) run(ctx context.Context) {
 	}
 }
 
+// halt stops writing and leaves the file to a successor daemon.
+func (s *stateStore) halt() {
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
+}
+
 // finish stops writing (waiting for an in-flight write) and removes the file,
 // or rewrites it with only the still-alive prior orphans (spec §3.6 step 7).
 func (s *stateStore) finish(orphans []orphan) error {

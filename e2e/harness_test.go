@@ -176,6 +176,10 @@ func (e *env) cleanup() {
 			}
 		}
 	}
+	// A daemon that replaced itself (reload) is not our child any more.
+	if _, err := os.Stat(e.ctlPath); err == nil {
+		_, _ = e.rbErr("shutdown")
+	}
 	if e.t.Failed() {
 		e.t.Logf("daemon log:\n%s", tail(e.logs.String(), 60))
 	}

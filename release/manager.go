@@ -83,6 +83,8 @@ type Manager struct {
 	singletons []*instance // current instance per singleton id, config order
 	byUnit     map[string]*instance
 	stopping   bool
+	// detached: a new daemon process is taking over; exits are not acted on.
+	detached bool
 
 	// retiring tracks background retirements so Shutdown can wait.
 	retiring sync.WaitGroup
@@ -136,8 +138,9 @@ func (m *Manager) Run(ctx context.Context) error {
 			}
 			m.mu.Lock()
 			in := m.byUnit[ev.Name]
+			detached := m.detached
 			m.mu.Unlock()
-			if in != nil {
+			if in != nil && !detached {
 				in.onExit(ev)
 			}
 		}
