@@ -90,6 +90,8 @@ the traffic of one stable proxy port to it and drains the old release.`,
 		a.doctorCommand(),
 		a.logsCommand(),
 		a.eventsCommand(),
+		a.predeployCleanupCommand(),
+		a.recoverCommand(),
 		a.completionCommand(),
 		a.versionCommand(),
 	)
