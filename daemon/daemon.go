@@ -48,6 +48,9 @@ type Options struct {
 	Log io.Writer
 	// Version is reported in status.daemonRuntime.
 	Version string
+	// Bootstrap activates an exact release before the control socket
+	// exists (spec §8.6); nil for a plain daemon.
+	Bootstrap *Bootstrap
 }
 
 // Run runs the daemon until ctx ends (SIGINT/SIGTERM) or a shutdown command
@@ -91,6 +94,11 @@ type daemon struct {
 	proxyCancel context.CancelFunc
 	proxyDone   chan error
 
+	// bootstrap is reported in status after a successful activation.
+	bootstrap         *Bootstrap
+	activationAborted bool
+	retireOnce        sync.Once
+
 	shutOnce sync.Once
 	shutErr  error
 	done     chan struct{}
@@ -110,8 +118,17 @@ func (d *daemon) run(ctx context.Context, loadOpts config.LoadOptions) error {
 	if err != nil {
 		return err
 	}
-	if err := d.startProxy(ctx, passed); err != nil {
+	if err := d.newProxy(); err != nil {
 		return err
+	}
+	b := d.opts.Bootstrap
+	takeover := b != nil && b.TakeoverOwner
+	if !takeover {
+		// The proxy is bound before activation; a takeover binds it only
+		// after the old owner released it.
+		if err := d.bindProxy(ctx, passed); err != nil {
+			return err
+		}
 	}
 	// The manager and everything it starts live until the shutdown ends,
 	// not until ctx (a signal) ends.
@@ -142,13 +159,32 @@ func (d *daemon) run(ctx context.Context, loadOpts config.LoadOptions) error {
 		d.stopProxy()
 		return err
 	}
-	if err := d.adopt(ctx); err != nil {
-		d.stopProxy()
-		return err
+	if !takeover {
+		// A takeover must not adopt: the old owner still supervises its units.
+		if err := d.adopt(ctx); err != nil {
+			d.stopProxy()
+			return err
+		}
+		d.serveProxy()
 	}
-	d.serveProxy()
+	if b != nil {
+		if err := d.activate(ctx, b); err != nil {
+			return err
+		}
+		if d.activationAborted {
+			return nil // SIGTERM during activation: clean shutdown, exit 0
+		}
+	}
+	if takeover {
+		if err := d.retireOwner(ctx, b, passed); err != nil {
+			return err
+		}
+	}
 	ln, err := d.controlListener(ctx, passed)
 	if err != nil {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+		_ = d.mgr.Shutdown(sctx)
+		cancel()
 		d.stopProxy()
 		return err
 	}
@@ -213,12 +249,8 @@ func (d *daemon) run(ctx context.Context, loadOpts config.LoadOptions) error {
 // window is inside it).
 const shutdownTimeout = 10 * time.Minute
 
-func (d *daemon) startProxy(ctx context.Context, passed map[string][]net.Listener) error {
-	ln, activated, err := proxy.ListenFrom(ctx, passed, d.cfg.Proxy.Host, d.cfg.Proxy.Port, proxy.DefaultFDName)
-	if err != nil {
-		return fmt.Errorf("bind proxy %s: %w", net.JoinHostPort(d.cfg.Proxy.Host, strconv.Itoa(d.cfg.Proxy.Port)), err)
-	}
-	d.proxyLn = ln
+// newProxy creates the proxy (not yet bound).
+func (d *daemon) newProxy() error {
 	p, err := proxy.New(proxy.Options{
 		// On shutdown or a reload handover, in-flight requests get up to
 		// the drain timeout to finish.
@@ -228,21 +260,26 @@ func (d *daemon) startProxy(ctx context.Context, passed map[string][]net.Listene
 		},
 	})
 	if err != nil {
-		ln.Close()
 		return err
 	}
 	d.proxy = p
+	return nil
+}
+
+// bindProxy takes the proxy listener (passed socket or own bind). Serving
+// starts later, in serveProxy, once units are re-adopted: a connection
+// accepted earlier would get 503 although a release is running (after a
+// reload, the predecessor keeps accepting meanwhile).
+func (d *daemon) bindProxy(ctx context.Context, passed map[string][]net.Listener) error {
+	ln, activated, err := proxy.ListenFrom(ctx, passed, d.cfg.Proxy.Host, d.cfg.Proxy.Port, proxy.DefaultFDName)
+	if err != nil {
+		return fmt.Errorf("bind proxy %s: %w", net.JoinHostPort(d.cfg.Proxy.Host, strconv.Itoa(d.cfg.Proxy.Port)), err)
+	}
+	d.proxyLn = ln
 	d.proxyAddr, _ = ln.Addr().(*net.TCPAddr)
 	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	d.proxyCancel = cancel
 	d.proxyDone = make(chan error, 1)
-	// Serving starts in serveProxy, once units are re-adopted: a connection
-	// accepted earlier would get 503 although a release is running (after a
-	// reload, the predecessor keeps accepting meanwhile).
-	d.serveProxy = func() {
-		d.serving = true
-		go func() { d.proxyDone <- p.Serve(pctx, ln) }()
-	}
 	host, port := d.cfg.Proxy.Host, 0
 	if d.proxyAddr != nil {
 		port = d.proxyAddr.Port
@@ -250,11 +287,18 @@ func (d *daemon) startProxy(ctx context.Context, passed map[string][]net.Listene
 			host = d.proxyAddr.IP.String()
 		}
 	}
+	d.serveProxy = func() {
+		d.serving = true
+		go func() { d.proxyDone <- d.proxy.Serve(pctx, ln) }()
+	}
 	d.events.Emit("proxy listening", map[string]any{"host": host, "port": port, "socketActivated": activated})
 	return nil
 }
 
 func (d *daemon) stopProxy() error {
+	if d.proxyLn == nil {
+		return nil // never bound (takeover not reached)
+	}
 	d.proxyCancel()
 	if !d.serving {
 		return d.proxyLn.Close()

@@ -38,7 +38,7 @@ func (d *daemon) Handle(ctx context.Context, req control.Request, _ control.Peer
 	case control.CmdLogs:
 		return d.logStream(req), nil
 	case control.CmdRetireOwner:
-		return nil, errors.New("retire-owner is not supported by this daemon yet; stop the old daemon with \"rollbridge shutdown\" instead")
+		return d.retire(ctx, req.Attestation)
 	}
 	return nil, fmt.Errorf("Unknown command: %s", req.Command)
 }
@@ -53,6 +53,7 @@ func (d *daemon) CommandFailed(_ context.Context, _ control.Request, err error) 
 type Status struct {
 	ActiveReleaseID *string                 `json:"activeReleaseId"`
 	Application     string                  `json:"application"`
+	Bootstrap       *Bootstrap              `json:"bootstrap,omitempty"`
 	Control         controlStatus           `json:"control"`
 	DaemonRuntime   runtimeIdentity         `json:"daemonRuntime"`
 	Orphans         []orphan                `json:"orphans"`
@@ -97,6 +98,7 @@ func (d *daemon) status(ctx context.Context) Status {
 	return Status{
 		ActiveReleaseID: ms.ActiveReleaseID,
 		Application:     cfg.Application,
+		Bootstrap:       d.bootstrap,
 		Control:         cs,
 		DaemonRuntime:   d.runtime,
 		Orphans:         d.orphans.live(),

@@ -95,6 +95,17 @@ func forEachRunner(t *testing.T, fn func(t *testing.T, runner string)) {
 // daemon with runner.
 func newEnv(t *testing.T, runner, processes string) *env {
 	t.Helper()
+	return newEnvOpts(t, runner, processes, envOpts{})
+}
+
+// envOpts vary newEnv: a fixed proxy port, or no daemon started.
+type envOpts struct {
+	port    int
+	noStart bool
+}
+
+func newEnvOpts(t *testing.T, runner, processes string, o envOpts) *env {
+	t.Helper()
 	app := fmt.Sprintf("e2e%d%04d", os.Getpid()%1000, rand.IntN(10000))
 	dir, err := os.MkdirTemp("", "rbe2e-"+app)
 	if err != nil {
@@ -105,15 +116,17 @@ func newEnv(t *testing.T, runner, processes string) *env {
 	src := fmt.Sprintf(`export default {
   application: %q,
   control: {path: %q},
-  proxy: {port: 0, drainTimeoutMs: 15000, forceStopTimeoutMs: 5000},
+  proxy: {port: %d, drainTimeoutMs: 15000, forceStopTimeoutMs: 5000},
   processes: %s
 }
-`, app, e.ctlPath, processes)
+`, app, e.ctlPath, o.port, processes)
 	if err := os.WriteFile(e.config, []byte(src), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(e.cleanup)
-	e.startDaemon()
+	if !o.noStart {
+		e.startDaemon()
+	}
 	return e
 }
 
@@ -137,8 +150,9 @@ func (e *env) startDaemon() {
 		e.t.Fatal(err)
 	}
 	e.daemon = cmd
-	e.exited = make(chan struct{})
-	go func() { cmd.Wait(); close(e.exited) }()
+	exited := make(chan struct{}) // this daemon's own, even if e.exited is replaced later
+	e.exited = exited
+	go func() { cmd.Wait(); close(exited) }()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		if _, err := e.rbErr("status"); err == nil {

@@ -41,6 +41,10 @@ func (m *Manager) deploy(ctx context.Context, req DeployRequest, rollbackOf stri
 	if req.ReleasePath == "" {
 		return DeployResult{}, errors.New("releasePath is required")
 	}
+	// A shutdown aborts the start (a health check would otherwise hold
+	// it); cleanups keep the unaborted ctx so they always run to the end.
+	actx, cancel := m.untilStopping(ctx)
+	defer cancel()
 	cfg, err := m.reload(ctx)
 	if err != nil {
 		return DeployResult{}, err
@@ -82,7 +86,7 @@ func (m *Manager) deploy(ctx context.Context, req DeployRequest, rollbackOf stri
 		m.mu.Unlock()
 	}()
 
-	alloc, err := allocatePorts(ctx, cfg.Proxy.UpstreamHost, cfg.Processes, m.stablePorts())
+	alloc, err := allocatePorts(actx, cfg.Proxy.UpstreamHost, cfg.Processes, m.stablePorts())
 	if err != nil {
 		return DeployResult{}, m.deployFailed(id, err)
 	}
@@ -90,12 +94,15 @@ func (m *Manager) deploy(ctx context.Context, req DeployRequest, rollbackOf stri
 	rec.ports = alloc.ports
 	rc := cfg.ReleaseContext(id, req.ReleasePath, revision, alloc.ports, m.env)
 
-	started, err := m.startServices(ctx, cfg, rc, alloc)
+	started, err := m.startServices(actx, cfg, rc, alloc)
 	if err != nil {
 		m.stopServices(ctx, started)
 		return DeployResult{}, m.deployFailed(id, err)
 	}
-	if err := m.startRelease(ctx, rec, rc, alloc); err != nil {
+	if err := m.startRelease(actx, rec, rc, alloc); err != nil {
+		if m.isStopping() {
+			err = errShuttingDown
+		}
 		m.cleanupRelease(ctx, rec, err)
 		m.stopServices(ctx, started)
 		return DeployResult{}, m.deployFailed(id, err)

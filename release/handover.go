@@ -3,6 +3,7 @@ package release
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/rollbridge/rollbridge/units"
@@ -82,4 +83,36 @@ func (m *Manager) reattach() {
 			in.onExit(units.Event{Kind: units.EventExited, Name: unit, PID: pid, Exit: exit, At: m.now()})
 		}
 	}
+}
+
+// Quiesce prepares a retiring owner (spec §3.7 step 3): refuse further
+// deploys, cancel pending restarts and memory samplers, mark every instance
+// as stopping on request and run its quietCommand (bounded), in parallel.
+// Shutdown then does the full graceful stop.
+func (m *Manager) Quiesce(ctx context.Context) {
+	m.markStopping()
+	var wg sync.WaitGroup
+	for _, in := range m.all() {
+		in.mu.Lock()
+		in.stopSamplerLocked()
+		if in.restartTimer != nil {
+			in.restartTimer.Stop()
+			in.restartTimer = nil
+		}
+		in.stopRequested = true
+		in.quieted = true
+		live, def, env, cwd, pid := in.pid != 0, in.def, in.built.Env, in.built.Cwd, in.pid
+		in.mu.Unlock()
+		if !live || def.Lifecycle.QuietCommand == "" {
+			continue
+		}
+		bound := def.GracefulStop.Timeout
+		if def.GracefulStop.Indefinite {
+			bound = 30 * time.Second
+		}
+		wg.Go(func() {
+			hookRunner{in: in, env: env, cwd: cwd, pid: pid}.run(ctx, "quiet command", def.Lifecycle.QuietCommand, bound)
+		})
+	}
+	wg.Wait()
 }

@@ -74,6 +74,16 @@ type instance struct {
 	// earlyExit holds an exit event that arrived before Start returned the
 	// pid (a command that dies at once).
 	earlyExit *units.Event
+	// pidUnknown: the current incarnation started but ended before the
+	// runner could report its pid (systemd: the unit was gone when the
+	// start job completed). Its exit event still belongs to it.
+	pidUnknown bool
+	// exitSeen is closed once the current incarnation's exit has been
+	// handled (and "process exited" emitted), so a stop can wait for it.
+	exitSeen chan struct{}
+
+	// quieted: Quiesce already ran the quiet hook of this incarnation.
+	quieted bool
 
 	// Memory supervision (memory.go).
 	samplerCancel       context.CancelFunc
@@ -163,6 +173,7 @@ func (in *instance) start(ctx context.Context, reason string) error {
 	}
 	in.state = stateStarting
 	in.stopRequested = false
+	in.quieted = false
 	in.earlyExit = nil
 	spec := in.specLocked()
 	unit := in.unit
@@ -180,6 +191,8 @@ func (in *instance) start(ctx context.Context, reason string) error {
 		return fmt.Errorf("start %s (unit %s): %w", in.id, unit, err)
 	}
 	in.pid = st.MainPID
+	in.pidUnknown = st.MainPID == 0
+	in.exitSeen = make(chan struct{})
 	in.startedAt = in.m.now()
 	in.lastStartReason = reason
 	in.state = stateRunning
@@ -190,7 +203,7 @@ func (in *instance) start(ctx context.Context, reason string) error {
 	pid := in.pid
 	in.mu.Unlock()
 	in.emit("process started", map[string]any{"command": cmd, "id": in.id, "pid": pid, "reason": reason})
-	if early != nil && (early.PID == 0 || early.PID == pid) {
+	if early != nil && (early.PID == 0 || pid == 0 || early.PID == pid) {
 		in.onExit(*early)
 	}
 	return nil
@@ -218,12 +231,14 @@ func (in *instance) onExit(ev units.Event) {
 		in.mu.Unlock()
 		return
 	}
-	if in.pid == 0 || (ev.PID != 0 && ev.PID != in.pid) {
+	if (in.pid == 0 && !in.pidUnknown) || (in.pid != 0 && ev.PID != 0 && ev.PID != in.pid) {
 		// An exit of an earlier incarnation, or one already handled.
 		in.mu.Unlock()
 		return
 	}
-	in.pid = 0
+	in.pid, in.pidUnknown = 0, false
+	seen := in.exitSeen
+	in.exitSeen = nil
 	in.exited = true
 	in.exit = ev.Exit
 	in.stopSamplerLocked()
@@ -237,6 +252,9 @@ func (in *instance) onExit(ev units.Event) {
 	in.mu.Unlock()
 
 	in.emit("process exited", map[string]any{"code": exitCode(ev.Exit), "id": in.id, "signal": exitSignal(ev.Exit)})
+	if seen != nil {
+		close(seen)
+	}
 	if !requested && in.scope.wantsRunning() && !in.m.isStopping() {
 		in.scheduleRestart()
 	}
@@ -323,6 +341,10 @@ func (in *instance) crashRestart() {
 	}
 }
 
+// exitEventWait bounds how long a finished stop waits for the runner's
+// exit event.
+const exitEventWait = 2 * time.Second
+
 // startTimeout bounds one start job (the runner returns once exec happened).
 const startTimeout = 60 * time.Second
 
@@ -342,12 +364,16 @@ func (in *instance) stop(ctx context.Context) error {
 		in.mu.Unlock()
 		select {
 		case <-done:
-			return nil
+			// The stop we joined may have failed (its ctx ended); stop
+			// again, which returns at once if the process is gone.
+			return in.stop(ctx)
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
 	if in.pid == 0 {
+		// Nothing runs; an exit event still in flight is the one asked for.
+		in.pidUnknown = false
 		if in.state != stateFailed || in.exited {
 			in.state = stateStopped
 		}
@@ -361,9 +387,22 @@ func (in *instance) stop(ctx context.Context) error {
 	def := in.def
 	env := in.built.Env
 	cwd := in.built.Cwd
+	seen := in.exitSeen
 	in.mu.Unlock()
 
 	err := in.stopSequence(ctx, unit, pid, def, env, cwd)
+	if err == nil && seen != nil {
+		// The runner's exit event trails its Stop; let onExit record the
+		// exit and emit "process exited" (spec §5.2: requested stops too)
+		// before the state is settled below.
+		t := time.NewTimer(exitEventWait)
+		select {
+		case <-seen:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+	}
 
 	in.mu.Lock()
 	if err == nil {
@@ -390,7 +429,10 @@ func (in *instance) stopSequence(ctx context.Context, unit string, pid int, def 
 		hookTimeout = 30 * time.Second
 	}
 	hooks := hookRunner{in: in, env: env, cwd: cwd, pid: pid}
-	if def.Lifecycle.QuietCommand != "" {
+	in.mu.Lock()
+	quieted := in.quieted
+	in.mu.Unlock()
+	if def.Lifecycle.QuietCommand != "" && !quieted {
 		hooks.run(ctx, "quiet command", def.Lifecycle.QuietCommand, hookTimeout)
 	}
 	if def.Lifecycle.DrainTimeout > 0 && in.alive(ctx, unit) {

@@ -85,6 +85,10 @@ type Manager struct {
 	stopping   bool
 	// detached: a new daemon process is taking over; exits are not acted on.
 	detached bool
+	// stopCh is closed when the manager starts stopping, aborting a deploy
+	// that waits (health check) so shutdown is not held up by it.
+	stopCh   chan struct{}
+	stopOnce sync.Once
 
 	// retiring tracks background retirements so Shutdown can wait.
 	retiring sync.WaitGroup
@@ -101,7 +105,7 @@ func New(opts Options) (*Manager, error) {
 		runner: opts.Runner, traffic: opts.Traffic, health: opts.Health, reload: opts.Reload,
 		events: opts.Events, env: opts.Env, onChange: opts.OnChange, log: opts.Logger, now: opts.Now,
 		op: make(chan struct{}, 1), cfg: opts.Config,
-		starting: map[*releaseRec]struct{}{}, byUnit: map[string]*instance{},
+		starting: map[*releaseRec]struct{}{}, byUnit: map[string]*instance{}, stopCh: make(chan struct{}),
 		ctx: context.Background(),
 	}
 	if m.events == nil {
@@ -283,4 +287,26 @@ func releaseIDFromTime(t time.Time) string {
 		}
 		return -1
 	}, Timestamp(t))
+}
+
+// markStopping refuses further operations and aborts a waiting deploy.
+func (m *Manager) markStopping() {
+	m.mu.Lock()
+	m.stopping = true
+	m.mu.Unlock()
+	m.stopOnce.Do(func() { close(m.stopCh) })
+}
+
+// untilStopping derives a context that ends when the manager starts
+// stopping.
+func (m *Manager) untilStopping(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	go func() {
+		select {
+		case <-m.stopCh:
+			cancel(errShuttingDown)
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() { cancel(nil) }
 }

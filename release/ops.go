@@ -13,6 +13,11 @@ import (
 // retire drains and stops a release in the background (spec §3.2), with the
 // config in force when it starts.
 func (m *Manager) retire(rec *releaseRec) {
+	// Mark it before the deploy replies, so status never shows the old
+	// release still active next to the new one.
+	if rec.getState() != relStopped {
+		rec.setState(relDraining)
+	}
 	m.retiring.Add(1)
 	go func() {
 		defer m.retiring.Done()
@@ -264,8 +269,8 @@ func (m *Manager) rollbackTarget(id string) (*releaseRec, error) {
 // calls share one run.
 func (m *Manager) Shutdown(ctx context.Context) error {
 	m.shutOnce.Do(func() {
+		m.markStopping()
 		m.mu.Lock()
-		m.stopping = true
 		var all []*instance
 		all = append(all, m.services...)
 		all = append(all, m.singletons...)

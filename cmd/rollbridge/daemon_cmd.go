@@ -46,20 +46,37 @@ func (a *app) runnerDefault() string {
 
 func (a *app) daemonCommand() *cobra.Command {
 	var path, runner string
+	var bf daemon.BootstrapFlags
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the Rollbridge daemon in the foreground",
 		Long: `Run the daemon of one application in the foreground: bind the proxy (or take
-it from systemd socket activation, fd name "proxy"), bind the control socket,
-and supervise every managed process through the selected runner. JSON log
-lines go to stdout. SIGINT/SIGTERM stop everything and exit 0.`,
+it from systemd socket activation, fd name "proxy"), re-adopt running units,
+bind the control socket, and supervise every managed process through the
+selected runner. JSON log lines go to stdout. SIGINT/SIGTERM stop everything
+and exit 0; SIGHUP re-executes the daemon without dropping a connection.
+
+With --release-path, --release-id and --revision (all absolute/safe, and
+--config absolute) the daemon first activates that exact release and only
+then exposes its control socket; a failed activation exits 1.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// Bootstrap flags are validated before the config is loaded
+			// and before anything binds (spec §8.6).
+			flags := cmd.Flags()
+			bf.Config = path
+			bf.ConfigSet, bf.PathSet, bf.IDSet = flags.Changed("config"), flags.Changed("release-path"), flags.Changed("release-id")
+			bf.RevisionSet, bf.AttestationSet = flags.Changed("revision"), flags.Changed("boot-attestation")
+			boot, err := daemon.ValidateBootstrap(bf)
+			if err != nil {
+				return err
+			}
 			resolved, err := config.ResolvePath(path, a.cwd)
 			if err != nil {
 				return err
 			}
 			return daemon.Run(cmd.Context(), daemon.Options{
+				Bootstrap:  boot,
 				ConfigPath: a.abs(resolved),
 				Runner:     runner,
 				JournalDir: a.getenv(envJournalDir),
@@ -71,6 +88,11 @@ lines go to stdout. SIGINT/SIGTERM stop everything and exit 0.`,
 	}
 	addConfigFlag(cmd, &path)
 	cmd.Flags().StringVar(&runner, "runner", a.runnerDefault(), "process runner: auto, systemd or exec (env "+envRunner+")")
+	cmd.Flags().StringVar(&bf.ReleasePath, "release-path", "", "bootstrap: activate this release before exposing the control socket (absolute)")
+	cmd.Flags().StringVar(&bf.ReleaseID, "release-id", "", "bootstrap: release id")
+	cmd.Flags().StringVar(&bf.Revision, "revision", "", "bootstrap: revision")
+	cmd.Flags().StringVar(&bf.Attestation, "boot-attestation", "", "bootstrap: sha256:<64 hex> attestation reported in status")
+	cmd.Flags().BoolVar(&bf.TakeoverOwner, "takeover-owner", false, "bootstrap: activate while the current owner serves, then retire it and take its listeners")
 	return cmd
 }
 
