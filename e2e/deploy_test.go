@@ -23,7 +23,7 @@ func fullTopology(dir string) string {
 	return fmt.Sprintf(`[
     {id: "beacon", policy: "service", command: "./demo-app --port {{port}}", port: {from: 0, to: 0}},
     {id: "cron", policy: "singleton", gracefulStopMs: 2000,
-     command: "if [ -e %[1]s/cron.lock ]; then echo overlap >> %[1]s/cron.overlap; fi; touch %[1]s/cron.lock; trap 'rm -f %[1]s/cron.lock; exit 0' TERM; while :; do sleep 0.05; done"},
+     command: "trap 'rm -f %[1]s/cron.lock; exit 0' TERM; if [ -e %[1]s/cron.lock ]; then echo overlap >> %[1]s/cron.overlap; fi; touch %[1]s/cron.lock; while :; do sleep 0.05; done"},
     {id: "worker", replicas: 2, command: "echo worker {{replicaIndex}} of {{replicaCount}} beacon={{ports.beacon}}; exec sleep 100000"},
     {id: "web", policy: "proxied", command: "./demo-app --port {{port}}", port: {from: 0, to: 0},
      health: {path: "/ping", timeoutMs: 10000, intervalMs: 50}}
