@@ -1,0 +1,110 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// DrainResult says how a Drain ended.
+type DrainResult struct {
+	// Drained is true when the release had nothing in flight by the
+	// deadline (or at once).
+	Drained bool
+	// Elapsed is how long Drain waited.
+	Elapsed time.Duration
+	// CutHTTP and CutWebSocket count the exchanges still open at the
+	// deadline: requests interrupted with cause ErrDrained and WebSockets
+	// sent a 1001 close frame.
+	CutHTTP, CutWebSocket int
+	// Err is set when Drain gave up without waiting or cutting: ctx ended
+	// (ctx's error) or the release is the active one (ErrActive).
+	Err error
+}
+
+// Drain waits until the release has no in-flight HTTP exchange and no open
+// WebSocket, or until deadline. It is meant for a release that was switched
+// away from: it keeps serving what it already has while new traffic goes to
+// the active release (spec §4.6). Idle keep-alive client connections do not
+// hold a drain open; their next request goes to the active release.
+//
+// At the deadline, whatever is left is cut with cause ErrDrained: requests
+// are interrupted (answered 504 if no response started, else the client
+// connection is aborted) and
+// WebSockets get a 1001 "going away" close frame, then both sockets close
+// within Options.WebSocketCloseGrace. Drain does not wait for the cut
+// exchanges to finish. If the release becomes active again before the
+// deadline, nothing is cut and Err is ErrActive, even if it was switched
+// away from again meanwhile (that retirement needs its own Drain). An
+// unknown release is already drained.
+func (p *Proxy) Drain(ctx context.Context, release string, deadline time.Time) DrainResult {
+	start := time.Now()
+	p.mu.Lock()
+	r := p.releases[release]
+	active := r != nil && p.activeRelease() == r
+	var activations int
+	if r != nil {
+		activations = r.activations
+	}
+	p.mu.Unlock()
+	if r == nil {
+		return DrainResult{Drained: true}
+	}
+	if active {
+		return DrainResult{Err: fmt.Errorf("drain %s: %w", release, ErrActive)}
+	}
+	idle := r.idleChan()
+	if idle == nil {
+		r.closeIdle(false)
+		return DrainResult{Drained: true, Elapsed: time.Since(start)}
+	}
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	select {
+	case <-idle:
+		// The old upstream's idle keep-alive connections are of no more use.
+		r.closeIdle(false)
+		return DrainResult{Drained: true, Elapsed: time.Since(start)}
+	case <-ctx.Done():
+		return DrainResult{Elapsed: time.Since(start), Err: fmt.Errorf("drain %s: %w", release, ctx.Err())}
+	case <-timer.C:
+	}
+	res := p.cut(r, activations)
+	res.Elapsed = time.Since(start)
+	return res
+}
+
+// cut interrupts everything in flight on r, unless r was switched to again
+// since the drain began (its activation count changed). The interrupts run
+// under r.mu, so each reaches the exchange it was meant for (client
+// connections reuse their exchange for the next request).
+func (p *Proxy) cut(r *release, activations int) DrainResult {
+	p.mu.Lock()
+	if r.activations != activations {
+		p.mu.Unlock()
+		return DrainResult{Err: fmt.Errorf("drain %s: %w", r.id, ErrActive)}
+	}
+	r.mu.Lock()
+	p.mu.Unlock()
+	r.cut = true
+	var res DrainResult
+	for x := r.head; x != nil; x = x.next {
+		if x.ws {
+			res.CutWebSocket++
+		} else {
+			res.CutHTTP++
+		}
+		if x.tun != nil {
+			go x.tun.goingAway(p.opts.WebSocketCloseGrace, errCutAtDeadline)
+		} else {
+			x.interrupt(stopCut)
+		}
+	}
+	r.mu.Unlock()
+	res.Drained = res.CutHTTP+res.CutWebSocket == 0 // the last one finished just now
+	r.closeIdle(false)
+	if p.opts.Logger != nil && !res.Drained {
+		p.opts.Logger.Info("proxy drain deadline: cut remaining connections", "release", r.id, "http", res.CutHTTP, "websocket", res.CutWebSocket)
+	}
+	return res
+}

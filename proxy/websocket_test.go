@@ -1,0 +1,306 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// wsEcho is a WebSocket upstream that answers each message with
+// "<name>:<message>" and reports when a connection ends, with its close status.
+type wsEcho struct {
+	name   string
+	closed chan websocket.StatusCode
+}
+
+func newWSEcho(t *testing.T, name string) (*wsEcho, string) {
+	e := &wsEcho{name: name, closed: make(chan websocket.StatusCode, 10)}
+	addr := startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") == "" {
+			io.WriteString(w, name)
+			return
+		}
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		for {
+			typ, msg, err := c.Read(context.Background())
+			if err != nil {
+				e.closed <- websocket.CloseStatus(err)
+				return
+			}
+			if err := c.Write(context.Background(), typ, append([]byte(name+":"), msg...)); err != nil {
+				e.closed <- websocket.CloseStatus(err)
+				return
+			}
+		}
+	}))
+	return e, addr
+}
+
+func dialWS(t *testing.T, base string) *websocket.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, res, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(base, "http")+"/ws", nil)
+	if err != nil {
+		t.Fatalf("dial websocket: %v (response %v)", err, res)
+	}
+	t.Cleanup(func() { c.CloseNow() })
+	return c
+}
+
+func echo(t *testing.T, c *websocket.Conn, msg string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	_, b, err := c.Read(ctx)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	return string(b)
+}
+
+func TestWebSocketSurvivesSwitchAndIsCountedOnItsRelease(t *testing.T) {
+	p, base := startProxy(t, Options{})
+	echoA, addrA := newWSEcho(t, "A")
+	_, addrB := newWSEcho(t, "B")
+	mustSwitch(t, p, "a", addrA)
+	c := dialWS(t, base)
+	if got := echo(t, c, "hi"); got != "A:hi" {
+		t.Fatalf("echo %q", got)
+	}
+	mustSwitch(t, p, "b", addrB)
+	if got := echo(t, c, "still there"); got != "A:still there" {
+		t.Fatalf("after switch: %q; want the old upstream to keep serving", got)
+	}
+	if status, body := get(t, base+"/"); status != 200 || body != "B" {
+		t.Fatalf("HTTP after switch: %d %q", status, body)
+	}
+	if h, ws := p.Connections("a"); h != 0 || ws != 1 {
+		t.Fatalf("Connections(a) = %d, %d; want 0, 1", h, ws)
+	}
+	c.Close(websocket.StatusNormalClosure, "bye")
+	if got := <-echoA.closed; got != websocket.StatusNormalClosure {
+		t.Fatalf("upstream saw close status %v; want 1000 relayed", got)
+	}
+	waitFor(t, "websocket count to drop", func() bool { _, ws := p.Connections("a"); return ws == 0 })
+	if r := p.Drain(context.Background(), "a", time.Now()); !r.Drained {
+		t.Fatalf("Drain = %+v", r)
+	}
+}
+
+func TestDrainCompletesWhenLastWebSocketCloses(t *testing.T) {
+	p, base := startProxy(t, Options{})
+	_, addrA := newWSEcho(t, "A")
+	mustSwitch(t, p, "a", addrA)
+	c := dialWS(t, base)
+	echo(t, c, "x")
+	mustSwitch(t, p, "b", named(t, "B"))
+	drained := make(chan DrainResult, 1)
+	go func() { drained <- p.Drain(context.Background(), "a", time.Now().Add(time.Minute)) }()
+	time.Sleep(50 * time.Millisecond)
+	c.Close(websocket.StatusNormalClosure, "")
+	select {
+	case r := <-drained:
+		if !r.Drained || r.CutWebSocket != 0 {
+			t.Fatalf("Drain = %+v", r)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Drain did not end when the last WebSocket closed")
+	}
+}
+
+func TestDrainDeadlineClosesWebSocketWith1001(t *testing.T) {
+	errs := newErrorLog()
+	p, base := startProxy(t, Options{OnError: errs.onError, WebSocketCloseGrace: 2 * time.Second})
+	echoA, addrA := newWSEcho(t, "A")
+	mustSwitch(t, p, "a", addrA)
+	c := dialWS(t, base)
+	echo(t, c, "x")
+	mustSwitch(t, p, "b", named(t, "B"))
+	r := p.Drain(context.Background(), "a", time.Now().Add(100*time.Millisecond))
+	if r.CutWebSocket != 1 || r.Drained {
+		t.Fatalf("Drain = %+v; want one WebSocket cut", r)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, _, err := c.Read(ctx)
+	if got := websocket.CloseStatus(err); got != websocket.StatusGoingAway {
+		t.Fatalf("client read after the drain deadline: %v (status %v); want close 1001", err, got)
+	}
+	select {
+	case got := <-echoA.closed:
+		if got != websocket.StatusGoingAway {
+			t.Fatalf("upstream saw close status %v; want 1001", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("upstream side not closed")
+	}
+	if e := errs.next(t); e.release != "a" || !errors.Is(e.err, ErrDrained) {
+		t.Fatalf("OnError(%q, %v); want a and ErrDrained", e.release, e.err)
+	}
+	waitFor(t, "websocket count to drop", func() bool { _, ws := p.Connections("a"); return ws == 0 })
+}
+
+func TestWebSocketUpstreamRefusedClosesClientWithoutResponse(t *testing.T) {
+	errs := newErrorLog()
+	p, base := startProxy(t, Options{OnError: errs.onError})
+	mustSwitch(t, p, "a", closedPort(t))
+	got := rawRequest(t, base, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+	if got != "" {
+		t.Fatalf("got %q; want the socket closed without a response", got)
+	}
+	if e := errs.next(t); e.release != "a" || !strings.Contains(e.err.Error(), "refused") {
+		t.Fatalf("OnError(%q, %v)", e.release, e.err)
+	}
+}
+
+func TestWebSocketRefusedByUpstreamIsRelayed(t *testing.T) {
+	p, base := startProxy(t, Options{})
+	mustSwitch(t, p, "a", startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "no websockets here", http.StatusForbidden)
+	})))
+	got := rawRequest(t, base, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+	if !strings.HasPrefix(got, "HTTP/1.1 403 Forbidden\r\n") || !strings.Contains(got, "no websockets here") {
+		t.Fatalf("got %q; want the upstream's 403 relayed", got)
+	}
+}
+
+func TestShutdownClosesWebSocketsWith1001(t *testing.T) {
+	p, err := New(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(ctx, ln) }()
+	_, addrA := newWSEcho(t, "A")
+	mustSwitch(t, p, "a", addrA)
+	c := dialWS(t, "http://"+ln.Addr().String())
+	echo(t, c, "x")
+	cancel()
+	rctx, rcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer rcancel()
+	if _, _, err := c.Read(rctx); websocket.CloseStatus(err) != websocket.StatusGoingAway {
+		t.Fatalf("read during shutdown: %v; want close 1001", err)
+	}
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Fatalf("Serve: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return")
+	}
+}
+
+// frame builds one WebSocket frame with the given payload.
+func frame(opcode byte, payload []byte, masked bool) []byte {
+	b := []byte{0x80 | opcode}
+	maskBit := byte(0)
+	if masked {
+		maskBit = 0x80
+	}
+	switch n := len(payload); {
+	case n < 126:
+		b = append(b, maskBit|byte(n))
+	case n < 1<<16:
+		b = append(b, maskBit|126, byte(n>>8), byte(n))
+	default:
+		b = append(b, maskBit|127, 0, 0, 0, 0, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+	if masked {
+		b = append(b, 1, 2, 3, 4)
+	}
+	return append(b, payload...)
+}
+
+func TestFrameTrackerFindsBoundariesInAnySplit(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := range 200 {
+		var stream []byte
+		var ends []int
+		for range 1 + rng.IntN(6) {
+			size := []int{0, 5, 125, 126, 300, 65535, 65536, 70000}[rng.IntN(8)]
+			stream = append(stream, frame(0x2, bytes.Repeat([]byte{'x'}, size), rng.IntN(2) == 0)...)
+			ends = append(ends, len(stream))
+		}
+		var f frameTracker
+		var found []int
+		pos := 0
+		for pos < len(stream) {
+			chunk := stream[pos:min(len(stream), pos+1+rng.IntN(200))]
+			for len(chunk) > 0 {
+				n := f.feed(chunk, true)
+				if n == 0 { // at a boundary: step over the next byte
+					n = f.feed(chunk[:1], false)
+				}
+				pos += n
+				chunk = chunk[n:]
+				if f.atBoundary() {
+					found = append(found, pos)
+				}
+			}
+		}
+		if !slicesEqual(found, ends) {
+			t.Fatalf("round %d: boundaries %v; want %v", round, found, ends)
+		}
+	}
+}
+
+func slicesEqual(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestRelayInjectsCloseOnlyAtFrameBoundary(t *testing.T) {
+	client, peer := net.Pipe()
+	defer client.Close()
+	defer peer.Close()
+	got := make(chan []byte, 1)
+	go func() { b, _ := io.ReadAll(peer); got <- b }()
+	d := &relay{dst: client}
+	f1 := frame(0x1, []byte("hello world"), false)
+	if err := d.write(f1[:5]); err != nil { // mid-frame
+		t.Fatal(err)
+	}
+	d.requestClose() // must wait for the frame to complete
+	f2 := frame(0x1, []byte("next"), false)
+	err := d.write(append(f1[5:], f2...))
+	if !errors.Is(err, errCloseSent) {
+		t.Fatalf("write after close request: %v; want errCloseSent", err)
+	}
+	client.Close()
+	want := append(append([]byte{}, f1...), closeFrame(false)...)
+	if b := <-got; !bytes.Equal(b, want) {
+		t.Fatalf("stream %q; want the first frame, then the close frame, and nothing of the next frame", b)
+	}
+}
