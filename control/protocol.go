@@ -42,6 +42,9 @@ type Request struct {
 	Limit int `json:"limit,omitempty"`
 	// Follow makes logs stream new lines until the client disconnects.
 	Follow bool `json:"follow,omitempty"`
+	// Progress makes deploy and rollback stream progress lines before the
+	// result (Go addition; without it the reply is the single result line).
+	Progress bool `json:"progress,omitempty"`
 }
 
 // MaxRequestBytes bounds one request line. The original has no bound
@@ -104,6 +107,9 @@ func DecodeRequest(line []byte) (Request, error) {
 	}
 	if cmd == CmdLogs {
 		req.Follow, _ = obj["follow"].(bool)
+	}
+	if cmd == CmdDeploy || cmd == CmdRollback {
+		req.Progress, _ = obj["progress"].(bool)
 	}
 	if cmd == CmdEvents || cmd == CmdLogs {
 		if n, ok := obj["limit"].(json.Number); ok {

@@ -141,7 +141,7 @@ func (d *daemon) run(ctx context.Context, loadOpts config.LoadOptions) error {
 		},
 		Runner:  runner,
 		Traffic: trafficAdapter{d.proxy, d.log},
-		Health:  checkHealth,
+		Health:  d.checkHealth,
 		Events:  d.events,
 		Env:     d.opts.Env,
 		Logger:  d.log,
@@ -366,9 +366,15 @@ func (d *daemon) authorizer() control.Policy {
 	return p
 }
 
-// checkHealth adapts proxy/health to the manager.
-func checkHealth(ctx context.Context, url string, h config.Health) error {
-	return health.Check(ctx, health.Options{URL: url, Interval: h.Interval, Timeout: h.Timeout, StartDelay: h.StartDelay})
+// checkHealth adapts proxy/health to the manager; every probe is published
+// (not recorded) for live deploy progress.
+func (d *daemon) checkHealth(ctx context.Context, url string, h config.Health) error {
+	start := time.Now()
+	return health.Check(ctx, health.Options{URL: url, Interval: h.Interval, Timeout: h.Timeout, StartDelay: h.StartDelay,
+		OnProbe: func(p health.ProbeResult) {
+			d.events.Publish("health probe", map[string]any{"url": p.URL, "attempt": p.Attempt, "healthy": p.Healthy,
+				"reason": p.Reason, "elapsedMs": time.Since(start).Milliseconds(), "timeoutMs": (h.StartDelay + h.Timeout).Milliseconds()})
+		}})
 }
 
 // trafficAdapter adapts *proxy.Proxy to release.Traffic.

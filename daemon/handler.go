@@ -20,9 +20,19 @@ func (d *daemon) Handle(ctx context.Context, req control.Request, _ control.Peer
 	case control.CmdEvents:
 		return map[string]any{"events": d.events.Recent(req.Limit)}, nil
 	case control.CmdDeploy:
-		return d.mgr.Deploy(ctx, release.DeployRequest{ReleasePath: req.ReleasePath, ReleaseID: req.ReleaseID, Revision: req.Revision})
+		run := func(ctx context.Context) (release.DeployResult, error) {
+			return d.mgr.Deploy(ctx, release.DeployRequest{ReleasePath: req.ReleasePath, ReleaseID: req.ReleaseID, Revision: req.Revision})
+		}
+		if req.Progress {
+			return d.withProgress(run), nil
+		}
+		return run(ctx)
 	case control.CmdRollback:
-		return d.mgr.Rollback(ctx, req.ReleaseID)
+		run := func(ctx context.Context) (release.DeployResult, error) { return d.mgr.Rollback(ctx, req.ReleaseID) }
+		if req.Progress {
+			return d.withProgress(run), nil
+		}
+		return run(ctx)
 	case control.CmdStop:
 		if _, err := d.mgr.Stop(ctx, req.ReleaseID); err != nil {
 			return nil, err
@@ -198,4 +208,45 @@ func (d *daemon) snapshot(ctx context.Context) any {
 		Events      []release.Event `json:"events"`
 		PersistedAt string          `json:"persistedAt"`
 	}{d.status(ctx), d.events.Recent(0), release.Timestamp(time.Now())}
+}
+
+// withProgress runs a deploy or rollback and streams every event (and
+// health probe) that happens meanwhile as {"progress": event} lines, then
+// the result as {"result": …}. The operation is not cancelled when the
+// client goes away.
+func (d *daemon) withProgress(run func(context.Context) (release.DeployResult, error)) control.Stream {
+	return func(ctx context.Context, send func(any) error) error {
+		evs, cancel := d.events.Subscribe()
+		defer cancel()
+		type outcome struct {
+			res release.DeployResult
+			err error
+		}
+		done := make(chan outcome, 1)
+		go func() {
+			res, err := run(context.WithoutCancel(ctx))
+			done <- outcome{res, err}
+		}()
+		for {
+			select {
+			case ev := <-evs:
+				_ = send(map[string]any{"progress": ev})
+			case o := <-done:
+				// Flush what was published before the result.
+				for {
+					select {
+					case ev := <-evs:
+						_ = send(map[string]any{"progress": ev})
+						continue
+					default:
+					}
+					break
+				}
+				if o.err != nil {
+					return o.err
+				}
+				return send(map[string]any{"result": o.res})
+			}
+		}
+	}
 }

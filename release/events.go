@@ -85,6 +85,20 @@ func (e *Events) Emit(message string, data map[string]any) {
 	e.log.LogAttrs(context.Background(), slog.LevelInfo, message, slog.Attr{Key: "data", Value: slog.GroupValue(attrs...)})
 }
 
+// Publish sends a transient event to subscribers only: it is neither kept
+// in the history nor logged (health probes for live deploy progress).
+func (e *Events) Publish(message string, data map[string]any) {
+	ev := Event{At: e.now(), Message: message, Data: data}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for ch := range e.subs {
+		select {
+		case ch <- ev:
+		default:
+		}
+	}
+}
+
 // Recent returns the newest limit events, oldest first; limit <= 0 or
 // larger than the history returns everything (spec §6.9).
 func (e *Events) Recent(limit int) []Event {

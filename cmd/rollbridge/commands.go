@@ -15,7 +15,7 @@ import (
 func (a *app) deployCommand() *cobra.Command {
 	var path, releasePath, releaseID, revision string
 	var ensure ensureFlags
-	var ensureDaemon, asJSON bool
+	var ensureDaemon, asJSON, quiet, progress bool
 	cmd := &cobra.Command{
 		Use:   "deploy --release-path DIR",
 		Short: "Start a release, health-check it, switch traffic to it and drain the previous one",
@@ -31,7 +31,15 @@ func (a *app) deployCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			reply, _, err := a.call(ctx, path, control.Request{Command: control.CmdDeploy, ReleasePath: abs, ReleaseID: releaseID, Revision: revision})
+			req := control.Request{Command: control.CmdDeploy, ReleasePath: abs, ReleaseID: releaseID, Revision: revision}
+			if !asJSON && (progress || isTerminal(a.stdout)) {
+				cfg, err := a.loadConfig(ctx, path)
+				if err != nil {
+					return err
+				}
+				return a.deployWithProgress(ctx, cfg, req, quiet)
+			}
+			reply, _, err := a.call(ctx, path, req)
 			if err != nil {
 				return err
 			}
@@ -43,6 +51,8 @@ func (a *app) deployCommand() *cobra.Command {
 	cmd.Flags().StringVar(&releaseID, "release-id", "", "release id (default: --revision, else a UTC timestamp)")
 	cmd.Flags().StringVar(&revision, "revision", "", "revision, e.g. the commit (default: the release id)")
 	cmd.Flags().BoolVar(&ensureDaemon, "ensure-daemon", false, "start the daemon first if none answers")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "on a terminal, print only the summary line")
+	cmd.Flags().BoolVar(&progress, "progress", false, "show live progress even when stdout is not a terminal")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON even on a terminal")
 	ensure.register(cmd)
 	_ = cmd.MarkFlagRequired("release-path")
