@@ -7,8 +7,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -29,6 +27,7 @@ import (
 	"github.com/rollbridge/rollbridge/proxy"
 	"github.com/rollbridge/rollbridge/proxy/health"
 	"github.com/rollbridge/rollbridge/release"
+	"github.com/rollbridge/rollbridge/snapshot"
 	"github.com/rollbridge/rollbridge/units"
 )
 
@@ -82,7 +81,7 @@ type daemon struct {
 	proxy   *proxy.Proxy
 	mgr     *release.Manager
 	ctl     *control.Server
-	runtime runtimeIdentity
+	runtime snapshot.Identity
 	orphans orphanSet
 	state   *stateStore
 
@@ -104,8 +103,10 @@ type daemon struct {
 	done     chan struct{}
 }
 
-func (d *daemon) run(ctx context.Context, loadOpts config.LoadOptions) error {
-	d.runtime = currentRuntime(d.opts.Version)
+func (d *daemon) run(ctx context.Context, loadOpts config.LoadOptions) (err error) {
+	if d.runtime, err = currentRuntime(d.opts.Version); err != nil {
+		return err
+	}
 	runner, err := NewRunner(ctx, d.cfg.Application, RunnerOptions{Kind: d.opts.Runner, JournalDir: d.opts.JournalDir, Logger: d.log})
 	if err != nil {
 		return err
@@ -397,31 +398,19 @@ func (t trafficAdapter) Drain(ctx context.Context, release string, deadline time
 }
 func (t trafficAdapter) Forget(release string) { t.p.Forget(release) }
 
-// runtimeIdentity is status.daemonRuntime (spec §8.5): what binary runs.
-type runtimeIdentity struct {
-	Digest  string `json:"digest"`
-	Format  int    `json:"format"`
-	Path    string `json:"path"`
-	Version string `json:"version"`
-}
-
-func currentRuntime(version string) runtimeIdentity {
-	id := runtimeIdentity{Format: 1, Version: version}
+// currentRuntime is status.daemonRuntime (spec §8.5): the identity of the
+// binary this daemon runs. A daemon started by ensure-daemon from a runtime
+// snapshot verifies the snapshot's manifest and refuses to start when it
+// does not match; one started directly describes its own binary.
+func currentRuntime(version string) (snapshot.Identity, error) {
 	exe, err := os.Executable()
 	if err != nil {
-		return id
+		return snapshot.Identity{}, fmt.Errorf("find the running binary: %w", err)
 	}
-	id.Path = exe
-	f, err := os.Open(exe)
-	if err != nil {
-		return id
+	if manifest := os.Getenv(snapshot.ManifestEnv); manifest != "" {
+		return snapshot.Verify(manifest, exe)
 	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err == nil {
-		id.Digest = hex.EncodeToString(h.Sum(nil))
-	}
-	return id
+	return snapshot.Describe(exe, version)
 }
 
 // adopt re-adopts the live units of a previous daemon (systemd runner: they

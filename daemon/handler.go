@@ -9,6 +9,7 @@ import (
 	"github.com/rollbridge/rollbridge/config"
 	"github.com/rollbridge/rollbridge/control"
 	"github.com/rollbridge/rollbridge/release"
+	"github.com/rollbridge/rollbridge/snapshot"
 	"github.com/rollbridge/rollbridge/units"
 )
 
@@ -65,7 +66,7 @@ type Status struct {
 	Application     string                  `json:"application"`
 	Bootstrap       *Bootstrap              `json:"bootstrap,omitempty"`
 	Control         controlStatus           `json:"control"`
-	DaemonRuntime   runtimeIdentity         `json:"daemonRuntime"`
+	DaemonRuntime   snapshot.Identity       `json:"daemonRuntime"`
 	Orphans         []orphan                `json:"orphans"`
 	Proxy           proxyStatus             `json:"proxy"`
 	Releases        []release.ReleaseStatus `json:"releases"`

@@ -14,6 +14,8 @@ import (
 
 	"github.com/coreos/go-systemd/v22/activation"
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/rollbridge/rollbridge/snapshot"
 )
 
 // Zero-downtime daemon restart (`systemctl reload` → SIGHUP), tableflip
@@ -35,7 +37,7 @@ const (
 
 // processEnvOnly are variables that describe this daemon process and must
 // not leak into managed instances or a re-executed daemon.
-var processEnvOnly = []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", envReexec, envReadyFD}
+var processEnvOnly = []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", envReexec, envReadyFD, snapshot.ManifestEnv}
 
 func cleanEnv(env []string) []string {
 	out := make([]string, 0, len(env))

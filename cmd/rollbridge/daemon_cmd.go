@@ -19,6 +19,7 @@ import (
 	"github.com/rollbridge/rollbridge/control"
 	"github.com/rollbridge/rollbridge/daemon"
 	"github.com/rollbridge/rollbridge/dbusctl"
+	"github.com/rollbridge/rollbridge/snapshot"
 	"github.com/rollbridge/rollbridge/units"
 )
 
@@ -98,12 +99,13 @@ then exposes its control socket; a failed activation exits 1.`,
 
 // ensureFlags are shared by ensure-daemon and deploy --ensure-daemon.
 type ensureFlags struct {
-	logPath, pidPath, timeoutMs, runner string
+	logPath, pidPath, runtimePath, timeoutMs, runner string
 }
 
 func (f *ensureFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.logPath, "daemon-log-path", "", "log file of a detached (non-systemd) daemon (default /tmp/rollbridge-<app>.log)")
 	cmd.Flags().StringVar(&f.pidPath, "daemon-pid-path", "", "pid file of a detached (non-systemd) daemon (default /tmp/rollbridge-<app>.pid)")
+	cmd.Flags().StringVar(&f.runtimePath, "daemon-runtime-path", "", "private directory for the daemon's runtime snapshot (default /tmp/rollbridge-<uid>-<hash>-runtime)")
 	cmd.Flags().StringVar(&f.timeoutMs, "daemon-start-timeout-ms", "10000", "how long to wait for a started daemon to answer")
 	cmd.Flags().StringVar(&f.runner, "runner", "", "process runner for a daemon started here: auto, systemd or exec (env "+envRunner+")")
 }
@@ -150,14 +152,28 @@ func (a *app) ensureDaemon(ctx context.Context, explicit string, f ensureFlags) 
 	if err != nil {
 		return nil, err
 	}
+	// The runtime snapshot comes first: a failure aborts before any daemon
+	// is contacted or started (spec §8.5).
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find the rollbridge binary: %w", err)
+	}
+	base := f.runtimePath
+	if base == "" {
+		base = snapshot.DefaultBase(os.Geteuid(), cfg.Application)
+	}
+	prepared, err := snapshot.Prepare(ctx, a.abs(base), exe, buildVersion())
+	if err != nil {
+		return nil, err
+	}
 	if reply, err := control.Call(ctx, cfg.Control.Path, control.Request{Command: control.CmdStatus}); err == nil {
-		return reply, nil
+		return reply, checkRuntime(reply, prepared)
 	}
 	runner := f.runner
 	if runner == "" {
 		runner = a.runnerDefault()
 	}
-	how, err := a.startDaemon(ctx, cfg, cfgPath, runner, f)
+	how, err := a.startDaemon(ctx, cfg, cfgPath, runner, prepared, f)
 	if err != nil {
 		return nil, err
 	}
@@ -166,7 +182,8 @@ func (a *app) ensureDaemon(ctx context.Context, explicit string, f ensureFlags) 
 	for time.Now().Before(deadline) {
 		reply, err := control.Call(ctx, cfg.Control.Path, control.Request{Command: control.CmdStatus})
 		if err == nil {
-			return reply, nil
+			// A concurrent starter may have won with another runtime.
+			return reply, checkRuntime(reply, prepared)
 		}
 		last = err
 		select {
@@ -185,14 +202,13 @@ func (a *app) ensureDaemon(ctx context.Context, explicit string, f ensureFlags) 
 // startDaemon starts a detached daemon: as a transient systemd unit when a
 // manager answers (and the exec runner was not forced), else as a child in
 // a new session. It returns where to look when the daemon does not answer.
-func (a *app) startDaemon(ctx context.Context, cfg *config.Config, cfgPath, runner string, f ensureFlags) (string, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return "", fmt.Errorf("find the rollbridge binary: %w", err)
-	}
-	argv := []string{exe, "daemon", "--config", cfgPath, "--runner", runner}
+func (a *app) startDaemon(ctx context.Context, cfg *config.Config, cfgPath, runner string, rt snapshot.Identity, f ensureFlags) (string, error) {
+	// The daemon runs from the snapshot, so deleting or replacing the
+	// release that shipped this binary does not affect it.
+	argv := []string{filepath.Join(rt.Path, snapshot.BinaryName), "daemon", "--config", cfgPath, "--runner", runner}
+	env := withEnv(a.env, snapshot.ManifestEnv, filepath.Join(rt.Path, snapshot.ManifestName))
 	if runner != daemon.RunnerExec {
-		if unit, err := a.startDaemonUnit(ctx, cfg, argv); err == nil {
+		if unit, err := a.startDaemonUnit(ctx, cfg, argv, env); err == nil {
 			return fmt.Sprintf("Inspect it with: journalctl -u %s (or --user-unit for a user manager).", unit), nil
 		} else if runner == daemon.RunnerSystemd {
 			return "", err
@@ -218,7 +234,7 @@ func (a *app) startDaemon(ctx context.Context, cfg *config.Config, cfgPath, runn
 	defer logFile.Close()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = a.cwd
-	cmd.Env = a.env
+	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
@@ -238,7 +254,7 @@ func daemonUnitName(app string) string {
 	return "rollbridge-" + units.EscapeComponent(app) + ".service"
 }
 
-func (a *app) startDaemonUnit(ctx context.Context, cfg *config.Config, argv []string) (string, error) {
+func (a *app) startDaemonUnit(ctx context.Context, cfg *config.Config, argv, env []string) (string, error) {
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	conn, err := dbusctl.Dial(dctx, dbusctl.Options{Bus: dbusctl.BusAuto})
@@ -253,7 +269,7 @@ func (a *app) startDaemonUnit(ctx context.Context, cfg *config.Config, argv []st
 		Slice:            "rollbridge.slice",
 		Argv:             argv,
 		WorkingDirectory: a.cwd,
-		Environment:      a.env,
+		Environment:      env,
 		KillSignal:       syscall.SIGTERM,
 		// The daemon stops every managed process on SIGTERM; give it time.
 		TimeoutStop:      10 * time.Minute,
@@ -264,4 +280,27 @@ func (a *app) startDaemonUnit(ctx context.Context, cfg *config.Config, argv []st
 		return "", fmt.Errorf("start %s: %w", unit, err)
 	}
 	return unit, nil
+}
+
+// checkRuntime refuses a daemon whose runtime identity differs from the
+// prepared snapshot (spec §8.5 step 2), including one that reports none.
+func checkRuntime(reply json.RawMessage, prepared snapshot.Identity) error {
+	var st struct {
+		DaemonRuntime *snapshot.Identity `json:"daemonRuntime"`
+	}
+	if err := json.Unmarshal(reply, &st); err != nil || !snapshot.Compatible(st.DaemonRuntime, prepared) {
+		return snapshot.ErrMismatch
+	}
+	return nil
+}
+
+// withEnv returns env with key set to value (replacing any earlier value).
+func withEnv(env []string, key, value string) []string {
+	out := make([]string, 0, len(env)+1)
+	for _, kv := range env {
+		if k, _, _ := strings.Cut(kv, "="); k != key {
+			out = append(out, kv)
+		}
+	}
+	return append(out, key+"="+value)
 }
