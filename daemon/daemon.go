@@ -50,6 +50,9 @@ type Options struct {
 	// Bootstrap activates an exact release before the control socket
 	// exists (spec §8.6); nil for a plain daemon.
 	Bootstrap *Bootstrap
+	// MetricsListen, when set, serves Prometheus metrics on this TCP
+	// address (path /metrics).
+	MetricsListen string
 }
 
 // Run runs the daemon until ctx ends (SIGINT/SIGTERM) or a shutdown command
@@ -160,6 +163,11 @@ func (d *daemon) run(ctx context.Context, loadOpts config.LoadOptions) (err erro
 		d.stopProxy()
 		return err
 	}
+	var mx *metrics
+	if d.opts.MetricsListen != "" {
+		mx = newMetrics(d)
+		go mx.follow(life)
+	}
 	if !takeover {
 		// A takeover must not adopt: the old owner still supervises its units.
 		if err := d.adopt(ctx); err != nil {
@@ -200,6 +208,21 @@ func (d *daemon) run(ctx context.Context, loadOpts config.LoadOptions) (err erro
 	}
 	ctlDone := make(chan error, 1)
 	go func() { ctlDone <- d.ctl.Serve(life, ln) }()
+	if mx != nil {
+		var lc net.ListenConfig
+		mln, err := lc.Listen(ctx, "tcp", d.opts.MetricsListen)
+		if err != nil {
+			d.log.Error("metrics endpoint not started", "address", d.opts.MetricsListen, "error", err)
+			d.events.Emit("metrics listen failed", map[string]any{"address": d.opts.MetricsListen, "error": err.Error()})
+		} else {
+			d.events.Emit("metrics listening", map[string]any{"address": mln.Addr().String()})
+			go func() {
+				if err := mx.serve(life, mln); err != nil {
+					d.log.Error("metrics endpoint", "error", err)
+				}
+			}()
+		}
+	}
 	if d.cfg.StatePath != "" {
 		// Persistence starts once the control socket is exposed (spec §8.1).
 		d.state = &stateStore{

@@ -311,6 +311,7 @@ func (cc *clientConn) noRelease(req *http.Request, ws bool) bool {
 
 // writeSimple writes a complete text/plain response from the proxy itself.
 func (cc *clientConn) writeSimple(code int, body []byte, closeAfter bool) bool {
+	cc.x.status = int32(code)
 	w := cc.bw
 	w.WriteString("HTTP/1.1 ")
 	w.WriteString(strconv.Itoa(code))

@@ -424,6 +424,7 @@ var (
 // hop-by-hop ones and those the upstream's Connection header listed, with
 // the framing chosen for the client.
 func (cc *clientConn) writeResponseHead(h *respHead, chunked, closeAfter bool) {
+	cc.x.status = int32(h.status)
 	w := cc.bw
 	w.Write(http11SP)
 	w.WriteString(strconv.Itoa(h.status))

@@ -135,12 +135,14 @@ func (p *Proxy) route(x *exchange) bool {
 
 // finish ends a routed exchange: exactly once per successful route.
 func (p *Proxy) finish(x *exchange) {
+	x.rel.stats.record(x, time.Since(x.start))
 	x.tgt.done(x.up) // first, so a count seen dropping implies this too
 	x.rel.unregister(x)
 }
 
 // report passes an upstream failure to OnError and the logger.
 func (p *Proxy) report(x *exchange, err error) {
+	x.rel.stats.errors.Add(1)
 	if p.opts.OnError != nil {
 		p.opts.OnError(x.rel.id, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // release is the per-release bookkeeping: the in-flight exchanges routed to
@@ -26,6 +27,8 @@ type release struct {
 	// activations counts Switches to this release (guarded by Proxy.mu): a
 	// Drain only cuts if the release was not re-activated since it began.
 	activations int
+	// stats are cumulative figures for metrics (atomics, no lock).
+	stats releaseStats
 }
 
 func (r *release) poolFor(addr string) *connPool {
@@ -73,6 +76,10 @@ type exchange struct {
 
 	watching  bool // the client watcher runs (owned by the serving goroutine)
 	finishing bool // the exchange is ending; guarded by cc.watchMu
+
+	// start and status feed the per-release stats (serving goroutine only).
+	start  time.Time
+	status int32
 }
 
 const (
@@ -82,7 +89,7 @@ const (
 
 // reset prepares the connection's exchange for its next request.
 func (x *exchange) reset(ws bool) {
-	*x = exchange{cc: x.cc, ws: ws}
+	*x = exchange{cc: x.cc, ws: ws, start: time.Now()}
 }
 
 // interrupted returns why the exchange was interrupted, or nil.

@@ -46,7 +46,7 @@ func (a *app) runnerDefault() string {
 }
 
 func (a *app) daemonCommand() *cobra.Command {
-	var path, runner string
+	var path, runner, metricsListen string
 	var bf daemon.BootstrapFlags
 	cmd := &cobra.Command{
 		Use:   "daemon",
@@ -77,18 +77,20 @@ then exposes its control socket; a failed activation exits 1.`,
 				return err
 			}
 			return daemon.Run(cmd.Context(), daemon.Options{
-				Bootstrap:  boot,
-				ConfigPath: a.abs(resolved),
-				Runner:     runner,
-				JournalDir: a.getenv(envJournalDir),
-				Env:        a.env,
-				Log:        a.stdout,
-				Version:    buildVersion(),
+				Bootstrap:     boot,
+				MetricsListen: metricsListen,
+				ConfigPath:    a.abs(resolved),
+				Runner:        runner,
+				JournalDir:    a.getenv(envJournalDir),
+				Env:           a.env,
+				Log:           a.stdout,
+				Version:       buildVersion(),
 			})
 		},
 	}
 	addConfigFlag(cmd, &path)
 	cmd.Flags().StringVar(&runner, "runner", a.runnerDefault(), "process runner: auto, systemd or exec (env "+envRunner+")")
+	cmd.Flags().StringVar(&metricsListen, "metrics-listen", a.getenv("ROLLBRIDGE_METRICS_LISTEN"), "serve Prometheus metrics on this address, e.g. 127.0.0.1:9464 (env ROLLBRIDGE_METRICS_LISTEN)")
 	cmd.Flags().StringVar(&bf.ReleasePath, "release-path", "", "bootstrap: activate this release before exposing the control socket (absolute)")
 	cmd.Flags().StringVar(&bf.ReleaseID, "release-id", "", "bootstrap: release id")
 	cmd.Flags().StringVar(&bf.Revision, "revision", "", "bootstrap: revision")
