@@ -4,7 +4,7 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: build install test fuzz clean
+.PHONY: build install test fuzz deb clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/rollbridge ./cmd/rollbridge
@@ -19,5 +19,9 @@ test:
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime 10m ./config
 
+# The Debian package (binary, units, man pages, completions) in dist/.
+deb:
+	$(GO) run ./packaging/cmd/build-deb
+
 clean:
-	rm -rf bin
+	rm -rf bin dist

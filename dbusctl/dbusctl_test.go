@@ -53,7 +53,7 @@ func TestPropertiesSignatures(t *testing.T) {
 		vals[p.Name] = p.Value.Value()
 	}
 	want := map[string]string{
-		"ExecStartEx": "a(sasas)", "Type": "s", "KillMode": "s", "KillSignal": "i",
+		"ExecStart": "a(sasb)", "Type": "s", "KillMode": "s", "KillSignal": "i",
 		"TimeoutStopUSec": "t", "SendSIGKILL": "b", "LogExtraFields": "aay",
 		"Environment": "as", "CollectMode": "s", "Description": "s",
 	}
@@ -65,11 +65,23 @@ func TestPropertiesSignatures(t *testing.T) {
 	if vals["TimeoutStopUSec"] != uint64(math.MaxUint64) || vals["SendSIGKILL"] != false || vals["Type"] != "exec" {
 		t.Errorf("indefinite stop props wrong: %v %v %v", vals["TimeoutStopUSec"], vals["SendSIGKILL"], vals["Type"])
 	}
-	// Old managers: ExecStart with $ escaped, Type=simple.
+	// Every manager: ExecStart with $ escaped (never ExecStartEx, which
+	// systemd 252 cannot re-read from its transient unit file); old
+	// managers also get Type=simple.
+	for _, v := range []int{239, 252} {
+		for _, p := range spec.properties(v) {
+			switch p.Name {
+			case "ExecStartEx":
+				t.Errorf("ExecStartEx sent to systemd %d", v)
+			case "ExecStart":
+				if cmds := p.Value.Value().([]execCommand); cmds[0].Argv[2] != "echo $$HOME" || cmds[0].IgnoreFailure {
+					t.Errorf("systemd %d: argv not escaped or failure ignored: %+v", v, cmds[0])
+				}
+			}
+		}
+	}
 	for _, p := range spec.properties(239) {
 		switch p.Name {
-		case "ExecStartEx":
-			t.Error("ExecStartEx sent to systemd 239")
 		case "ExecStart":
 			cmds := p.Value.Value().([]execCommand)
 			if cmds[0].Argv[2] != "echo $$HOME" {

@@ -117,7 +117,11 @@ func TestStartTransientFullPropertySet(t *testing.T) {
 			t.Errorf("Environment %v lacks %q", p.Environment, kv)
 		}
 	}
-	if len(p.ExecStart) != 1 || !slices.Equal(p.ExecStart[0].Argv, spec.Argv) || !slices.Contains(p.ExecStart[0].Flags, "no-env-expand") {
+	escaped := make([]string, len(spec.Argv))
+	for i, a := range spec.Argv {
+		escaped[i] = strings.ReplaceAll(a, "$", "$$")
+	}
+	if len(p.ExecStart) != 1 || !slices.Equal(p.ExecStart[0].Argv, escaped) {
 		t.Errorf("ExecStart = %+v", p.ExecStart)
 	}
 	if p.MainPID <= 0 || p.ControlGroup == "" {

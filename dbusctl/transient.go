@@ -23,7 +23,7 @@ const Infinity = time.Duration(math.MaxInt64)
 //
 //	[Service]
 //	Type=exec
-//	ExecStart=:/bin/sh -c '…'           # ":" = no $VAR expansion by systemd
+//	ExecStart=/bin/sh -c '…'            # every "$" doubled: no $VAR expansion by systemd
 //	WorkingDirectory=/srv/app/releases/r1
 //	Environment=PORT=3000 …
 //	KillMode=control-group
@@ -43,8 +43,8 @@ type TransientSpec struct {
 	// Slice places the unit, e.g. "rollbridge-demo.slice" (created on demand).
 	Slice string
 	// Argv is the command; Argv[0] is an absolute path or a bare file name
-	// systemd looks up in its own PATH. systemd does not expand $VAR or
-	// specifiers in it (ExecStartEx flag no-env-expand).
+	// systemd looks up in its own PATH. It reaches the process verbatim:
+	// every "$" is sent doubled, so systemd does not expand $VAR in it.
 	Argv []string
 	// WorkingDirectory must be absolute. A missing directory makes the start
 	// job fail (status 200/CHDIR).
@@ -73,24 +73,16 @@ type TransientSpec struct {
 	MemoryMax   uint64
 }
 
-// Property versions (systemd NEWS): Type=exec 240, ExecStartEx 243.
-const (
-	versionTypeExec    = 240
-	versionExecStartEx = 243
-)
+// Property versions (systemd NEWS): Type=exec 240.
+const versionTypeExec = 240
 
-// execCommandEx is one ExecStartEx entry, D-Bus signature (sasas).
-type execCommandEx struct {
-	Path  string
-	Argv  []string
-	Flags []string
-}
-
-// execCommand is one legacy ExecStart entry, D-Bus signature (sasb).
+// execCommand is one ExecStart entry, D-Bus signature (sasb). The boolean
+// is systemd's "ignore failure" ("-" prefix in unit files): false, so a
+// non-zero exit fails the unit and its status is kept.
 type execCommand struct {
-	Path             string
-	Argv             []string
-	UncleanIsFailure bool
+	Path          string
+	Argv          []string
+	IgnoreFailure bool
 }
 
 func prop(name string, v any) sd.Property {
@@ -176,21 +168,19 @@ func (s TransientSpec) properties(version int) []sd.Property {
 	} else {
 		props = append(props, prop("Type", "simple"))
 	}
-	if version == 0 || version >= versionExecStartEx {
-		// no-env-expand: systemd would otherwise expand $VAR and $$ in argv
-		// (even for transient units); the shell must see them verbatim.
-		props = append(props, prop("ExecStartEx", []execCommandEx{{
-			Path: s.Argv[0], Argv: s.Argv, Flags: []string{"no-env-expand"},
-		}}))
-	} else {
-		argv := make([]string, len(s.Argv))
-		for i, a := range s.Argv {
-			argv[i] = strings.ReplaceAll(a, "$", "$$")
-		}
-		props = append(props, prop("ExecStart", []execCommand{{
-			Path: s.Argv[0], Argv: argv, UncleanIsFailure: true,
-		}}))
+	// ExecStart with every "$" doubled: systemd expands $VAR and $$ in argv
+	// (even for transient units), and the shell must see them verbatim.
+	// ExecStartEx with its no-env-expand flag would say this directly, but
+	// systemd 252 persists it into /run/systemd/transient as an
+	// "ExecStartEx=" line its own unit parser rejects, so after any
+	// daemon-reload the running unit turns "bad-setting".
+	argv := make([]string, len(s.Argv))
+	for i, a := range s.Argv {
+		argv[i] = strings.ReplaceAll(a, "$", "$$")
 	}
+	props = append(props, prop("ExecStart", []execCommand{{
+		Path: s.Argv[0], Argv: argv,
+	}}))
 	if s.Slice != "" {
 		props = append(props, sd.PropSlice(s.Slice))
 	}

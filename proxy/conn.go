@@ -44,8 +44,13 @@ type clientConn struct {
 	localPort string // for X-Forwarded-Port when a request has no Host
 
 	state atomic.Int32
-	tun   atomic.Pointer[tunnel]
-	x     exchange // the current exchange, reused per request
+	// served: at least one request was handled. A connection that was
+	// accepted but has not sent its first request yet is not "idle" for a
+	// shutdown: its client expects an answer (a daemon reload must not
+	// reset it).
+	served atomic.Bool
+	tun    atomic.Pointer[tunnel]
+	x      exchange // the current exchange, reused per request
 
 	// Per request, owned by the serving goroutine.
 	linger    bool          // unread request data remains: linger before closing
@@ -117,7 +122,9 @@ func (cc *clientConn) serve() {
 			cc.reject(err)
 			return
 		}
-		if !cc.handle(req) || cc.s.shutting.Load() {
+		keep := cc.handle(req)
+		cc.served.Store(true)
+		if !keep || cc.s.shutting.Load() {
 			return
 		}
 	}
@@ -128,13 +135,16 @@ func (cc *clientConn) serve() {
 func (cc *clientConn) waitRequest(first bool) bool {
 	o := &cc.p.opts
 	cc.state.Store(connIdle)
-	if first {
+	switch {
+	case first && cc.s.shutting.Load():
+		// Accepted just before the listener closed: serve its request.
+		cc.conn.SetReadDeadline(time.Now().Add(min(o.ReadHeaderTimeout, newConnGrace)))
+	case first:
 		cc.conn.SetReadDeadline(time.Now().Add(o.ReadHeaderTimeout))
-	} else {
-		cc.conn.SetReadDeadline(time.Now().Add(o.IdleTimeout))
-	}
-	if cc.s.shutting.Load() {
+	case cc.s.shutting.Load():
 		return false
+	default:
+		cc.conn.SetReadDeadline(time.Now().Add(o.IdleTimeout))
 	}
 	for {
 		b, err := cc.br.Peek(1)
@@ -259,9 +269,18 @@ func (cc *clientConn) lingerClose() {
 		return
 	}
 	cw.CloseWrite()
-	cc.conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-	io.CopyN(io.Discard, cc.conn, 256<<10)
+	// Keep reading what the client still sends (an upload the upstream
+	// answered early), so closing does not reset the connection before the
+	// client read the response; bounded in time and bytes.
+	cc.conn.SetReadDeadline(time.Now().Add(lingerTime))
+	io.CopyN(io.Discard, cc.conn, lingerBytes)
 }
+
+// Bounds of lingerClose.
+const (
+	lingerTime  = 2 * time.Second
+	lingerBytes = 64 << 20
+)
 
 // handle serves one request; it reports whether the connection may carry
 // another one.
@@ -329,12 +348,21 @@ func (cc *clientConn) writeSimple(code int, body []byte, closeAfter bool) bool {
 	return w.Flush() == nil
 }
 
+// newConnGrace is how long a shutdown waits for the first request of a
+// connection that was accepted but has not sent one yet.
+const newConnGrace = 2 * time.Second
+
 // shutdownNudge makes the connection notice a shutdown: an idle one wakes
-// and closes, a WebSocket is sent 1001, an active one closes after its
-// response.
+// and closes (one that has not sent its first request yet gets
+// newConnGrace to do so), a WebSocket is sent 1001, an active one closes
+// after its response.
 func (cc *clientConn) shutdownNudge() {
 	switch cc.state.Load() {
 	case connIdle:
+		if !cc.served.Load() {
+			cc.conn.SetReadDeadline(time.Now().Add(newConnGrace))
+			return
+		}
 		cc.conn.SetReadDeadline(aLongTimeAgo)
 	case connTunnel:
 		if t := cc.tun.Load(); t != nil {

@@ -92,8 +92,10 @@ the traffic of one stable proxy port to it and drains the old release.`,
 		a.eventsCommand(),
 		a.predeployCleanupCommand(),
 		a.recoverCommand(),
+		a.systemdUnitsCommand(),
 		a.completionCommand(),
 		a.versionCommand(),
+		a.manCommand(),
 	)
 	return root
 }
