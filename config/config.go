@@ -189,7 +189,62 @@ type Process struct {
 	Lifecycle        Lifecycle
 	NonBlockingDrain bool
 	Replicas         int
-	OutputLines      int
+	// ReplicasAuto: the config said replicas: "auto" (Replicas is then the
+	// number of CPUs of the machine that loaded the config).
+	ReplicasAuto bool
+	OutputLines  int
+	// Balance picks among the proxied process's replicas; "" means
+	// least-in-flight. Only the proxied process may set it.
+	Balance Balance
+	// Stickiness keeps a client on one replica of the proxied process; nil
+	// when not configured.
+	Stickiness *Stickiness
+	// DependsOn lists process ids that must be ready before this process
+	// starts (in config order, without duplicates).
+	DependsOn []string
+	// Recycle replaces each instance on a schedule; nil when off.
+	Recycle *Recycle
+}
+
+// Balance is how the proxy spreads new requests over the proxied process's
+// replicas.
+type Balance string
+
+// Balance strategies.
+const (
+	LeastInFlight Balance = "least-in-flight"
+	RoundRobin    Balance = "round-robin"
+)
+
+// Stickiness keeps a client on the replica that served it first. Exactly one
+// of the two is set.
+type Stickiness struct {
+	// Cookie is the name of the cookie the proxy sets to remember the
+	// replica.
+	Cookie string
+	// ClientIP hashes the client's address over the live replicas.
+	ClientIP bool
+}
+
+// Recycle replaces an instance gracefully every Every plus a random part of
+// Jitter.
+type Recycle struct {
+	Every  time.Duration
+	Jitter time.Duration
+}
+
+// Phase is when a process starts during a deploy: persistent services
+// first, then the release's processes (handoff services, companions, the
+// proxied process), then singletons after the traffic switch. A process may
+// only depend on processes of its own or an earlier phase.
+func (p *Process) Phase() int {
+	switch {
+	case p.Policy == Service && p.DeployStrategy == Persistent:
+		return 0
+	case p.Policy == Singleton:
+		return 2
+	}
+	return 1
 }
 
 // EnvVar is one entry of a process env block.
@@ -207,10 +262,15 @@ type PortRange struct {
 
 // Health configures the proxied process's health check.
 type Health struct {
+	// Path is the HTTP probe path; "" means no HTTP probe (only possible
+	// with Notify).
 	Path       string
 	Timeout    time.Duration
 	Interval   time.Duration
 	StartDelay time.Duration
+	// Notify: the instance is ready when it sends sd_notify READY=1 (the
+	// start waits for it, bounded by StartDelay + Timeout).
+	Notify bool
 }
 
 // Restart is the crash-restart policy (spec §5.4).

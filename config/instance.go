@@ -32,8 +32,14 @@ type ReleaseContext struct {
 	// Revision falls back to ReleaseID when empty.
 	Revision string
 	// Ports maps process id → allocated port for every ported process of
-	// this release (persistent services: their stable port).
+	// this release (persistent services: their stable port). For a
+	// proxied process with replicas it is replica 0's port.
 	Ports map[string]int
+	// ReplicaPorts maps process id → the port of each replica, for
+	// processes whose replicas have a port each (the proxied process).
+	// {{port}} and ROLLBRIDGE_PORT of replica i are ReplicaPorts[id][i]
+	// when present, else Ports[id].
+	ReplicaPorts map[string][]int
 	// Proxy supplies {{proxy.host}}, {{proxy.port}} (the configured number,
 	// even 0) and {{proxy.upstreamHost}}.
 	Proxy Proxy
@@ -93,6 +99,9 @@ func (p *Process) Build(rc ReleaseContext, replica int) (Instance, error) {
 		return Instance{}, fmt.Errorf("build %s: replica %d out of range (replicas: %d)", p.ID, replica, p.Replicas)
 	}
 	port, hasPort := rc.Ports[p.ID]
+	if rp := rc.ReplicaPorts[p.ID]; replica < len(rp) {
+		port, hasPort = rp[replica], true
+	}
 	in := Instance{
 		ID:        p.InstanceID(replica),
 		ProcessID: p.ID,

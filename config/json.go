@@ -70,6 +70,20 @@ type jsonProcess struct {
 	NonBlockingDrain bool            `json:"nonBlockingDrain"`
 	Replicas         int             `json:"replicas"`
 	OutputLines      int             `json:"outputLines"`
+	Balance          Balance         `json:"balance,omitempty"`
+	Stickiness       *jsonStickiness `json:"stickiness,omitempty"`
+	DependsOn        []string        `json:"dependsOn,omitempty"`
+	Recycle          *jsonRecycle    `json:"recycle,omitempty"`
+}
+
+type jsonStickiness struct {
+	Cookie   string `json:"cookie,omitempty"`
+	ClientIP bool   `json:"clientIp,omitempty"`
+}
+
+type jsonRecycle struct {
+	EveryMs  float64 `json:"everyMs"`
+	JitterMs float64 `json:"jitterMs"`
 }
 
 type jsonHealth struct {
@@ -77,6 +91,7 @@ type jsonHealth struct {
 	TimeoutMs    float64 `json:"timeoutMs"`
 	IntervalMs   float64 `json:"intervalMs"`
 	StartDelayMs float64 `json:"startDelayMs"`
+	Notify       bool    `json:"notify,omitempty"`
 }
 
 type jsonRestart struct {
@@ -172,12 +187,20 @@ func (p *Process) toJSON() (jsonProcess, error) {
 		NonBlockingDrain: p.NonBlockingDrain,
 		Replicas:         p.Replicas,
 		OutputLines:      p.OutputLines,
+		Balance:          p.Balance,
+		DependsOn:        p.DependsOn,
+	}
+	if st := p.Stickiness; st != nil {
+		jp.Stickiness = &jsonStickiness{Cookie: st.Cookie, ClientIP: st.ClientIP}
+	}
+	if r := p.Recycle; r != nil {
+		jp.Recycle = &jsonRecycle{EveryMs: ms(r.Every), JitterMs: ms(r.Jitter)}
 	}
 	if p.GracefulStop.Indefinite {
 		jp.GracefulStopMs = "indefinite"
 	}
 	if h := p.Health; h != nil {
-		jp.Health = &jsonHealth{Path: h.Path, TimeoutMs: ms(h.Timeout), IntervalMs: ms(h.Interval), StartDelayMs: ms(h.StartDelay)}
+		jp.Health = &jsonHealth{Path: h.Path, TimeoutMs: ms(h.Timeout), IntervalMs: ms(h.Interval), StartDelayMs: ms(h.StartDelay), Notify: h.Notify}
 	}
 	if m := p.Memory; m != nil {
 		jp.Memory = &jsonMemory{LimitBytes: m.LimitBytes, WarnBytes: m.WarnBytes, CheckIntervalMs: ms(m.CheckInterval)}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -334,11 +335,131 @@ func (n *normalizer) process(v *value, i int, proxy Proxy) Process {
 	p.Memory = n.memory(v.get("memory"), key+".memory")
 	p.Lifecycle = n.lifecycle(v.get("lifecycle"), key+".lifecycle")
 	p.NonBlockingDrain = n.boolean(v.get("nonBlockingDrain"), key+".nonBlockingDrain", false)
-	p.Replicas = n.positiveInt(v.get("replicas"), key+".replicas", 1,
-		fmt.Sprintf("Set %s.replicas to a positive whole number of instances, e.g. replicas: 3.", key))
+	p.Replicas, p.ReplicasAuto = n.replicas(v.get("replicas"), key+".replicas")
 	p.OutputLines = n.positiveInt(v.get("outputLines"), key+".outputLines", DefaultOutputLines,
 		fmt.Sprintf("Set %s.outputLines to a positive whole number of lines, e.g. outputLines: 200.", key))
+	p.Balance = n.balance(v.get("balance"), key+".balance")
+	p.Stickiness = n.stickiness(v.get("stickiness"), key+".stickiness")
+	p.DependsOn = n.dependsOn(v.get("dependsOn"), key+".dependsOn")
+	p.Recycle = n.recycle(v.get("recycle"), key+".recycle")
 	return p
+}
+
+// replicas reads a positive integer or "auto" (one per CPU).
+func (n *normalizer) replicas(v *value, key string) (int, bool) {
+	fix := fmt.Sprintf(`Set %s to a positive whole number of instances, e.g. replicas: 3, or to "auto" for one per CPU.`, key)
+	if v.kind == kindString {
+		if v.str == "auto" {
+			return max(runtime.NumCPU(), 1), true
+		}
+		n.add(key+` must be a positive integer or "auto"`, fix)
+		return 1, false
+	}
+	return n.positiveInt(v, key, 1, fix), false
+}
+
+func (n *normalizer) balance(v *value, key string) Balance {
+	if v.unset() {
+		return ""
+	}
+	if v.kind == kindString {
+		switch b := Balance(v.str); b {
+		case LeastInFlight, RoundRobin:
+			return b
+		}
+	}
+	n.add(key+" must be one of: least-in-flight, round-robin",
+		fmt.Sprintf(`Set %s to "least-in-flight" (the default: the replica with the fewest open requests) or "round-robin", e.g. balance: "round-robin".`, key))
+	return ""
+}
+
+func (n *normalizer) stickiness(v *value, key string) *Stickiness {
+	if v.unset() {
+		return nil
+	}
+	fix := fmt.Sprintf(`Set %s to {cookie: "NAME"} to pin a client by a cookie the proxy sets, or to {clientIp: true} to hash the client address, e.g. stickiness: {cookie: "rb_replica"}.`, key)
+	if !v.isObject() {
+		n.add(key+" must be an object", fix)
+		return nil
+	}
+	s := &Stickiness{}
+	if c := v.get("cookie"); !c.unset() {
+		if c.kind != kindString || !isCookieName(c.str) {
+			n.add(key+".cookie must be a cookie name",
+				fmt.Sprintf(`Set %s.cookie to a non-empty name of letters, digits and !#$%%&'*+-.^_|~ characters, e.g. cookie: "rb_replica".`, key))
+			return nil
+		}
+		s.Cookie = c.str
+	}
+	s.ClientIP = n.boolean(v.get("clientIp"), key+".clientIp", false)
+	if (s.Cookie == "") == !s.ClientIP {
+		n.add(key+" must set exactly one of cookie and clientIp", fix)
+		return nil
+	}
+	return s
+}
+
+// isCookieName reports whether s is an RFC 6265 cookie-name (an HTTP token).
+func isCookieName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0 {
+			continue
+		}
+		return false
+	}
+	return true
+}
+
+func (n *normalizer) dependsOn(v *value, key string) []string {
+	if v.unset() {
+		return nil
+	}
+	if v.kind != kindArray {
+		n.add(key+" must be an array", fmt.Sprintf(`Set %s to a list of process ids that must be ready first, e.g. dependsOn: ["beacon"].`, key))
+		return nil
+	}
+	var out []string
+	seen := map[string]bool{}
+	for i, it := range v.items {
+		ik := fmt.Sprintf("%s[%d]", key, i)
+		if it.kind != kindString || strings.TrimSpace(it.str) == "" {
+			n.add(ik+" must be a non-empty string", fmt.Sprintf(`Set %s to the id of another process, e.g. "beacon".`, ik))
+			continue
+		}
+		if !seen[it.str] {
+			seen[it.str] = true
+			out = append(out, it.str)
+		}
+	}
+	return out
+}
+
+func (n *normalizer) recycle(v *value, key string) *Recycle {
+	if v.unset() {
+		return nil
+	}
+	if !v.isObject() {
+		n.add(key+" must be an object",
+			fmt.Sprintf("Set %s to an object such as {everyMs: 86400000, jitterMs: 3600000}, or remove it.", key))
+		return nil
+	}
+	r := &Recycle{}
+	everyFix := fmt.Sprintf("Set %s.everyMs to a positive number of milliseconds between replacements, e.g. everyMs: 86400000 (daily).", key)
+	f, ok := n.numFix(v.get("everyMs"), key+".everyMs", 0, false, everyFix)
+	switch {
+	case !ok:
+		return nil
+	case f <= 0:
+		n.add(key+".everyMs must be a positive number", everyFix)
+		return nil
+	}
+	r.Every = msDuration(f)
+	r.Jitter = n.nonNegativeDuration(v.get("jitterMs"), key+".jitterMs", 0)
+	return r
 }
 
 func (n *normalizer) env(v *value, key string) []EnvVar {
@@ -442,7 +563,12 @@ func (n *normalizer) health(v *value, key string, proxy Proxy) *Health {
 		return nil
 	}
 	h := &Health{}
-	h.Path, _ = n.str(src.get("path"), key+".path", proxy.HealthPath, true)
+	h.Notify = n.boolean(src.get("notify"), key+".notify", false)
+	defPath := proxy.HealthPath
+	if h.Notify {
+		defPath = "" // READY=1 alone, unless a path asks for an HTTP probe too
+	}
+	h.Path, _ = n.str(src.get("path"), key+".path", defPath, true)
 	h.Timeout = n.duration(src.get("timeoutMs"), key+".timeoutMs", proxy.HealthTimeout)
 	h.Interval = n.duration(src.get("intervalMs"), key+".intervalMs", DefaultHealthInterval)
 	h.StartDelay = n.nonNegativeDuration(src.get("startDelayMs"), key+".startDelayMs", 0)
@@ -584,12 +710,12 @@ func (n *normalizer) processSet(ps []Process) {
 			n.add(fmt.Sprintf("Process id %q must not contain \"#\"", p.ID),
 				fmt.Sprintf(`Remove "#" from the process id %q; it is reserved for replica instance ids such as "%s#0".`, p.ID, strings.ReplaceAll(p.ID, "#", "")))
 		}
-		if p.Replicas > 1 && (p.Policy != Companion || p.Port != nil) {
+		if (p.Replicas > 1 || p.ReplicasAuto) && p.Policy != Proxied && (p.Policy != Companion || p.Port != nil) {
 			what := string(p.Policy)
 			if p.Port != nil {
 				what += " with a port"
 			}
-			n.add(fmt.Sprintf("Process %q can only set replicas > 1 on a companion process without a port", p.ID),
+			n.add(fmt.Sprintf("Process %q can only set replicas > 1 on the proxied process or a companion process without a port", p.ID),
 				fmt.Sprintf("Remove replicas from %q (it is %s), or make it a port-less companion, e.g. policy: \"companion\" without port.", p.ID, what))
 		}
 		if p.NonBlockingDrain && p.Policy != Companion {
@@ -612,6 +738,18 @@ func (n *normalizer) processSet(ps []Process) {
 		if p.Lifecycle.StopCommand != "" && p.StopSignalName != DefaultStopSignal {
 			n.add(fmt.Sprintf("Process %q sets both lifecycle.stopCommand and a custom stopSignal, but stopCommand replaces stopSignal", p.ID),
 				fmt.Sprintf("Remove stopSignal (%s) from %q, or send that signal from the stop command, e.g. stopCommand: \"kill -%s -$ROLLBRIDGE_PID\".", p.StopSignalName, p.ID, strings.TrimPrefix(p.StopSignalName, "SIG")))
+		}
+		if p.Policy != Proxied && p.Balance != "" {
+			n.add(fmt.Sprintf("Process %q can only set balance on the proxied process", p.ID),
+				fmt.Sprintf(`Remove balance from %q (it is %s); it chooses among the proxied process's replicas, e.g. {id: "web", policy: "proxied", replicas: 4, balance: "round-robin"}.`, p.ID, p.Policy))
+		}
+		if p.Policy != Proxied && p.Stickiness != nil {
+			n.add(fmt.Sprintf("Process %q can only set stickiness on the proxied process", p.ID),
+				fmt.Sprintf(`Remove stickiness from %q (it is %s); it pins clients to a replica of the proxied process, e.g. {id: "web", policy: "proxied", replicas: 4, stickiness: {cookie: "rb_replica"}}.`, p.ID, p.Policy))
+		}
+		if p.Policy == Proxied && p.Replicas > 1 && p.Port != nil && p.Port.From != 0 && p.Port.To-p.Port.From+1 < p.Replicas {
+			n.add(fmt.Sprintf("Proxied process %q needs a port range of at least %d ports for replicas: %d", p.ID, p.Replicas, p.Replicas),
+				fmt.Sprintf("Widen the port range of %q so every replica gets its own port, with room for the next release and replacements, e.g. port: {from: %d, to: %d}.", p.ID, p.Port.From, min(p.Port.From+max(99, 4*p.Replicas), maxPort)))
 		}
 	}
 
@@ -637,6 +775,111 @@ func (n *normalizer) processSet(ps []Process) {
 		n.add(fmt.Sprintf("Proxied process %s must define a port range", id),
 			fmt.Sprintf("Add a port range to the proxied process %q, e.g. port: %s.", id, examplePortRange))
 	}
+	n.dependencies(ps)
+}
+
+// dependencies checks dependsOn: known ids, no self-dependency, only on
+// processes that start in the same or an earlier deploy phase, no cycles.
+func (n *normalizer) dependencies(ps []Process) {
+	byID := map[string]*Process{}
+	for i := range ps {
+		if ps[i].ID != "" {
+			if _, dup := byID[ps[i].ID]; !dup {
+				byID[ps[i].ID] = &ps[i]
+			}
+		}
+	}
+	edges := map[string][]string{}
+	for i := range ps {
+		p := &ps[i]
+		if p.ID == "" {
+			continue
+		}
+		for _, dep := range p.DependsOn {
+			d := byID[dep]
+			switch {
+			case dep == p.ID:
+				n.add(fmt.Sprintf("Process %q cannot depend on itself", p.ID),
+					fmt.Sprintf(`Remove %q from the dependsOn list of %q, e.g. dependsOn: [].`, dep, p.ID))
+			case d == nil:
+				n.add(fmt.Sprintf("Process %q depends on unknown process %q", p.ID, dep),
+					fmt.Sprintf(`Use the id of a process defined in processes, or remove it from dependsOn, e.g. dependsOn: [%q].`, firstOtherID(ps, p.ID)))
+			case d.Phase() > p.Phase():
+				n.add(fmt.Sprintf("Process %q (%s) cannot depend on %q (%s), which starts later in a deploy", p.ID, p.kindName(), dep, d.kindName()),
+					fmt.Sprintf("Remove %q from the dependsOn list of %q: persistent services start first, then the release's handoff services, companions and proxied process, then singletons after the traffic switch; e.g. a companion may use dependsOn: [\"beacon\"] for a persistent service beacon.", dep, p.ID))
+			default:
+				if d.Phase() == p.Phase() {
+					edges[p.ID] = append(edges[p.ID], dep)
+				}
+			}
+		}
+	}
+	if cycle := findCycle(ps, edges); cycle != nil {
+		n.add("Processes depend on each other in a cycle: "+strings.Join(cycle, " → "),
+			fmt.Sprintf("Remove one dependsOn entry of the cycle so the processes can start in order, e.g. drop %q from the dependsOn list of %q.", cycle[1], cycle[0]))
+	}
+}
+
+// kindName describes the process's policy for messages.
+func (p *Process) kindName() string {
+	switch {
+	case p.Policy == Service && p.DeployStrategy == Handoff:
+		return "handoff service"
+	case p.Policy == Service:
+		return "persistent service"
+	}
+	return string(p.Policy)
+}
+
+func firstOtherID(ps []Process, not string) string {
+	for i := range ps {
+		if ps[i].ID != "" && ps[i].ID != not {
+			return ps[i].ID
+		}
+	}
+	return "beacon"
+}
+
+// findCycle returns the first dependency cycle (first id repeated at the
+// end), searching in config order, or nil.
+func findCycle(ps []Process, edges map[string][]string) []string {
+	const (
+		unvisited = iota
+		onPath
+		done
+	)
+	state := map[string]int{}
+	var path []string
+	var visit func(id string) []string
+	visit = func(id string) []string {
+		state[id] = onPath
+		path = append(path, id)
+		for _, dep := range edges[id] {
+			switch state[dep] {
+			case onPath:
+				for i, p := range path {
+					if p == dep {
+						return append(append([]string(nil), path[i:]...), dep)
+					}
+				}
+			case unvisited:
+				if c := visit(dep); c != nil {
+					return c
+				}
+			}
+		}
+		path = path[:len(path)-1]
+		state[id] = done
+		return nil
+	}
+	for i := range ps {
+		if id := ps[i].ID; id != "" && state[id] == unvisited {
+			if c := visit(id); c != nil {
+				return c
+			}
+		}
+	}
+	return nil
 }
 
 // --- generic field helpers -------------------------------------------------
@@ -865,6 +1108,9 @@ var examples = map[string]string{
 	"processes[].lifecycle.drainCommand":   `"bin/worker-ctl wait-idle"`,
 	"processes[].lifecycle.stopCommand":    `"kill -INT -$ROLLBRIDGE_PID"`,
 	"processes[].lifecycle.drainTimeoutMs": `60000`,
+	"processes[].stickiness.clientIp":      `true`,
+	"processes[].recycle.jitterMs":         `3600000`,
+	"processes[].health.notify":            `true`,
 }
 
 func exampleFor(key string) string {

@@ -407,8 +407,15 @@ type trafficAdapter struct {
 	log *slog.Logger
 }
 
-func (t trafficAdapter) Switch(release string, upstreams []string) {
-	if err := t.p.Switch(release, upstreams); err != nil {
+func (t trafficAdapter) Switch(release string, rt release.Route) {
+	pr := proxy.Route{Upstreams: rt.Upstreams}
+	if rt.Balance == config.RoundRobin {
+		pr.Balance = proxy.RoundRobin
+	}
+	if s := rt.Stickiness; s != nil {
+		pr.Affinity = proxy.Affinity{Cookie: s.Cookie, ClientIP: s.ClientIP}
+	}
+	if err := t.p.SwitchRoute(release, pr); err != nil {
 		t.log.Error("switch traffic", "release", release, "error", err)
 	}
 }
@@ -416,8 +423,20 @@ func (t trafficAdapter) Clear() { t.p.Clear() }
 func (t trafficAdapter) Connections(release string) (int, int) {
 	return t.p.Connections(release)
 }
+func (t trafficAdapter) UpstreamConnections(rel string) map[string]release.Connections {
+	out := map[string]release.Connections{}
+	for addr, c := range t.p.UpstreamConnections(rel) {
+		out[addr] = release.Connections{HTTP: c.HTTP, WebSocket: c.WebSocket}
+	}
+	return out
+}
 func (t trafficAdapter) Drain(ctx context.Context, release string, deadline time.Time) {
 	t.p.Drain(ctx, release, deadline)
+}
+func (t trafficAdapter) DrainUpstream(ctx context.Context, release, upstream string, deadline time.Time) {
+	if res := t.p.DrainUpstream(ctx, release, upstream, deadline); res.Err != nil {
+		t.log.Warn("drain replica", "release", release, "upstream", upstream, "error", res.Err)
+	}
 }
 func (t trafficAdapter) Forget(release string) { t.p.Forget(release) }
 

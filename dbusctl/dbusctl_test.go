@@ -7,6 +7,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	godbus "github.com/godbus/dbus/v5"
 )
@@ -246,4 +247,45 @@ func TestWatchStateMachine(t *testing.T) {
 			t.Fatalf("removed: %+v", evs)
 		}
 	})
+}
+
+func (f *feed) statusText(text string) {
+	f.w.handle(context.Background(), &godbus.Signal{
+		Path: unitPathFoo, Name: "org.freedesktop.DBus.Properties.PropertiesChanged",
+		Body: []any{ifaceService, map[string]godbus.Variant{"StatusText": godbus.MakeVariant(text)}, []string{}},
+	})
+}
+
+// TestWatchStatusText: a change of StatusText to a non-empty value is a
+// Status event (sd_notify STATUS=); unchanged or empty texts are not.
+func TestWatchStatusText(t *testing.T) {
+	f := newFeed(t, 100)
+	f.svc(42, 0, 0, "success", 200, 0)
+	f.unit("active", "running")
+	f.kinds()
+	for _, s := range []string{"warming up", "warming up", "", "rollbridge:replace"} {
+		f.statusText(s)
+	}
+	evs := f.kinds()
+	if len(evs) != 2 || evs[0].Kind != UnitStatus || evs[0].Status != "warming up" || evs[1].Status != "rollbridge:replace" || evs[1].Unit != "foo.service" {
+		t.Fatalf("got %+v", evs)
+	}
+	if UnitStatus.String() != "status" {
+		t.Error(UnitStatus.String())
+	}
+}
+
+func TestNotifyProperties(t *testing.T) {
+	spec := TransientSpec{Name: "x.service", Argv: []string{"/bin/true"}, Notify: true, TimeoutStart: 1500 * time.Millisecond}
+	vals := map[string]any{}
+	for _, p := range spec.properties(252) {
+		vals[p.Name] = p.Value.Value()
+	}
+	if vals["Type"] != "notify" || vals["NotifyAccess"] != "all" || vals["TimeoutStartUSec"] != uint64(1500000) {
+		t.Errorf("notify props: Type %v NotifyAccess %v TimeoutStartUSec %v", vals["Type"], vals["NotifyAccess"], vals["TimeoutStartUSec"])
+	}
+	spec.TimeoutStart = -1
+	if err := spec.validate(false); !errors.Is(err, ErrInvalid) {
+		t.Errorf("negative TimeoutStart: %v", err)
+	}
 }

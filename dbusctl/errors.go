@@ -55,6 +55,9 @@ type JobError struct {
 	// Detail is the unit's own account when it could be read before the
 	// reset, e.g. "Result=exit-code, status=200/CHDIR".
 	Detail string
+	// UnitResult is the unit's Result property then ("exit-code",
+	// "timeout", …; "" when unknown).
+	UnitResult string
 	// ExitCode and ExitStatus are the unit's ExecMainCode (CLDExited,
 	// CLDKilled, CLDDumped; 0 when unknown) and ExecMainStatus. Status 200
 	// (CHDIR) means the working directory is missing, 203 (EXEC) that the

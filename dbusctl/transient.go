@@ -71,6 +71,13 @@ type TransientSpec struct {
 	// setting them on a user manager fails with ErrNotSupported.
 	User, Group string
 	MemoryMax   uint64
+	// Notify sets Type=notify and NotifyAccess=all: the start job completes
+	// only once a process of the unit sent READY=1 to $NOTIFY_SOCKET.
+	Notify bool
+	// TimeoutStart bounds that wait (TimeoutStartSec; 0 keeps the manager
+	// default). When it passes, the manager stops the unit and the start
+	// job fails with the unit's Result=timeout.
+	TimeoutStart time.Duration
 }
 
 // Property versions (systemd NEWS): Type=exec 240.
@@ -112,6 +119,9 @@ func (s TransientSpec) validate(userManager bool) error {
 	}
 	if s.TimeoutStop < 0 {
 		errs = append(errs, fmt.Errorf("TimeoutStop %v: must not be negative (use Infinity)", s.TimeoutStop))
+	}
+	if s.TimeoutStart < 0 {
+		errs = append(errs, fmt.Errorf("TimeoutStart %v: must not be negative", s.TimeoutStart))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
@@ -163,7 +173,10 @@ func (s TransientSpec) properties(version int) []sd.Property {
 	}
 	// Type=exec: the start job is done only once execve() succeeded, so a
 	// missing binary or directory fails the start instead of "succeeding".
-	if version == 0 || version >= versionTypeExec {
+	// Type=notify waits further, for READY=1.
+	if s.Notify {
+		props = append(props, prop("Type", "notify"), prop("NotifyAccess", "all"))
+	} else if version == 0 || version >= versionTypeExec {
 		props = append(props, prop("Type", "exec"))
 	} else {
 		props = append(props, prop("Type", "simple"))
@@ -189,6 +202,9 @@ func (s TransientSpec) properties(version int) []sd.Property {
 	}
 	if len(s.Environment) > 0 {
 		props = append(props, prop("Environment", s.Environment))
+	}
+	if s.TimeoutStart > 0 {
+		props = append(props, prop("TimeoutStartUSec", uint64(s.TimeoutStart/time.Microsecond)))
 	}
 	switch {
 	case s.TimeoutStop == Infinity:
@@ -272,6 +288,7 @@ func (c *Conn) startOnce(ctx context.Context, name string, props []sd.Property) 
 	defer cancel()
 	if p, perr := c.State(cctx, name); perr == nil {
 		jerr.Detail = p.failureDetail()
+		jerr.UnitResult = p.Result
 		jerr.ExitCode, jerr.ExitStatus = p.ExecMainCode, p.ExecMainStatus
 		jerr.PID, jerr.StartedAt = p.ExecMainPID, p.ExecMainStartTimestamp
 	}

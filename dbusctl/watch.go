@@ -25,6 +25,9 @@ const (
 	UnitExited
 	// UnitRemoved: the manager unloaded (garbage-collected) the unit.
 	UnitRemoved
+	// UnitStatus: the service's StatusText changed to a non-empty value (a
+	// process of a Type=notify unit sent sd_notify STATUS=…).
+	UnitStatus
 )
 
 func (k EventKind) String() string {
@@ -37,6 +40,8 @@ func (k EventKind) String() string {
 		return "exited"
 	case UnitRemoved:
 		return "removed"
+	case UnitStatus:
+		return "status"
 	}
 	return "EventKind(" + strconv.Itoa(int(k)) + ")"
 }
@@ -60,6 +65,8 @@ type UnitEvent struct {
 	// Start is the ExecMainStartTimestamp of the process a Started or
 	// Exited event is about; with the unit name it identifies one run.
 	Start time.Time
+	// Status is the new StatusText (Status events only).
+	Status string
 }
 
 // Watch streams events for the units filter accepts (nil = every unit),
@@ -118,6 +125,7 @@ type track struct {
 	reportedStart uint64
 	reportedExit  uint64
 	running       bool // Started sent, Exited not yet
+	statusText    string
 }
 
 type subscription struct {
@@ -325,7 +333,17 @@ func (w *watcher) handle(ctx context.Context, sig *godbus.Signal) bool {
 		changed, _ := sig.Body[1].(map[string]godbus.Variant)
 		switch iface {
 		case ifaceService:
-			w.updateService(w.track(name), svcFromSignal(changed))
+			t := w.track(name)
+			w.updateService(t, svcFromSignal(changed))
+			if v, ok := changed["StatusText"]; ok {
+				if text := str(v); text != t.statusText {
+					t.statusText = text
+					if text != "" {
+						return w.send(ctx, UnitEvent{Kind: UnitStatus, Unit: name, ActiveState: t.active, SubState: t.sub,
+							PID: t.execPID, At: time.Now(), Status: text})
+					}
+				}
+			}
 		case ifaceUnit:
 			t := w.track(name)
 			active, sub := t.active, t.sub

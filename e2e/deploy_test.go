@@ -18,12 +18,14 @@ import (
 )
 
 // fullTopology has every policy: a persistent service, a singleton that
-// records overlaps, a replicated companion and the proxied web process.
+// records overlaps (it finds the previous instance's pid still alive when
+// it starts: only shell builtins, so a stop cannot leave a stale marker), a
+// replicated companion and the proxied web process.
 func fullTopology(dir string) string {
 	return fmt.Sprintf(`[
     {id: "beacon", policy: "service", command: "./demo-app --port {{port}}", port: {from: 0, to: 0}},
     {id: "cron", policy: "singleton", gracefulStopMs: 2000,
-     command: "trap 'rm -f %[1]s/cron.lock; exit 0' TERM; if [ -e %[1]s/cron.lock ]; then echo overlap >> %[1]s/cron.overlap; fi; touch %[1]s/cron.lock; while :; do sleep 0.05; done"},
+     command: "trap 'exit 0' TERM; if read p < %[1]s/cron.owner 2>/dev/null && kill -0 \"$p\" 2>/dev/null; then echo \"overlap with $p\" >> %[1]s/cron.overlap; fi; echo $$ > %[1]s/cron.owner; while :; do sleep 0.05; done"},
     {id: "worker", replicas: 2, command: "echo worker {{replicaIndex}} of {{replicaCount}} beacon={{ports.beacon}}; exec sleep 100000"},
     {id: "web", policy: "proxied", command: "./demo-app --port {{port}}", port: {from: 0, to: 0},
      health: {path: "/ping", timeoutMs: 10000, intervalMs: 50}}

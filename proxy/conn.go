@@ -288,7 +288,7 @@ func (cc *clientConn) handle(req *http.Request) (keep bool) {
 	ws := isWebSocketUpgrade(req)
 	x := &cc.x
 	x.reset(ws)
-	if !cc.p.route(x) {
+	if !cc.p.route(x, req) {
 		return cc.noRelease(req, ws)
 	}
 	defer func() {

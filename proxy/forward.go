@@ -27,17 +27,36 @@ func (cc *clientConn) forward(req *http.Request) bool {
 	return cc.relay(req, uc, true)
 }
 
-// roundTrip writes the request upstream and reads the response head. A
-// request without a body that fails on a reused keep-alive connection
-// before any response byte arrived is retried once on a new connection
-// (the upstream may have closed it just then), if it is idempotent.
+// roundTrip writes the request upstream and reads the response head. When
+// the release has several upstreams, an exchange whose upstream failed
+// before anything was relayed moves to another one (see tryUpstream for
+// what may be retried).
 func (cc *clientConn) roundTrip(req *http.Request) (*upConn, error) {
+	for {
+		uc, retry, err := cc.tryUpstream(req)
+		if err == nil || !retry || !cc.p.failover(&cc.x) {
+			return uc, err
+		}
+	}
+}
+
+// tryUpstream runs the exchange against its current upstream. A request
+// without a body that fails on a reused keep-alive connection before any
+// response byte arrived is retried once on a new connection (the upstream
+// may have closed it just then), if it is idempotent. retry reports whether
+// another upstream may be tried: always after a failed connect (nothing was
+// sent), and for an idempotent request without a body that got no
+// response byte (the upstream died with it).
+func (cc *clientConn) tryUpstream(req *http.Request) (uc *upConn, retry bool, err error) {
 	x := &cc.x
 	body := hasBody(req)
 	for attempt := 0; ; attempt++ {
 		uc, reused, err := x.up.pool.get()
 		if err != nil {
-			return nil, err
+			if x.tgt.single == nil {
+				x.up.markDown()
+			}
+			return nil, true, err
 		}
 		cc.attach(uc)
 		cc.writeHead(uc.bw, req, body)
@@ -55,15 +74,15 @@ func (cc *clientConn) roundTrip(req *http.Request) (*upConn, error) {
 		}
 		if err == nil {
 			uc.headDL = time.Time{}
-			return uc, nil
+			return uc, false, nil
 		}
 		if ierr := x.interrupted(); ierr != nil {
 			err = ierr
 		}
-		retry := attempt == 0 && reused && !body && uc.nread == 0 && idempotent(req) && x.interrupted() == nil
+		clean := !body && uc.nread == 0 && idempotent(req) && x.interrupted() == nil
 		cc.detach(uc, false)
-		if !retry {
-			return nil, err
+		if !(clean && attempt == 0 && reused) {
+			return nil, clean && !isTimeout(err), err
 		}
 	}
 }
@@ -312,6 +331,13 @@ func (cc *clientConn) endBody(uc *upConn) bool {
 			uc.conn.SetWriteDeadline(aLongTimeAgo)
 		}
 		<-b.done
+		if uc != nil && b.complete {
+			// The copy had finished writing when it was poked: the
+			// connection may go back to its pool, and must not carry the
+			// past write deadline there (the next exchange's request would
+			// fail to write and then wait for an answer forever).
+			uc.conn.SetWriteDeadline(time.Time{})
+		}
 	}
 	return b.complete
 }
@@ -446,6 +472,7 @@ func (cc *clientConn) writeResponseHead(h *respHead, chunked, closeAfter bool) {
 		// RFC 9110 §6.6.1: a recipient with a clock adds a missing Date.
 		writeField(w, "Date", time.Now().UTC().Format(http.TimeFormat))
 	}
+	cc.writeAffinityCookie(w)
 	if chunked {
 		w.Write(teChunked)
 	}
@@ -453,6 +480,20 @@ func (cc *clientConn) writeResponseHead(h *respHead, chunked, closeAfter bool) {
 		w.Write(connClose)
 	}
 	w.Write(crlf)
+}
+
+// writeAffinityCookie sets the affinity cookie naming the exchange's
+// upstream, when the route uses one and the request did not carry it.
+func (cc *clientConn) writeAffinityCookie(w *bufio.Writer) {
+	x := &cc.x
+	if x.setCookie == "" {
+		return
+	}
+	w.WriteString("Set-Cookie: ")
+	w.WriteString(x.tgt.cookie)
+	w.WriteByte('=')
+	w.WriteString(x.setCookie)
+	w.WriteString("; Path=/; HttpOnly; SameSite=Lax\r\n")
 }
 
 func writeFieldBytes(w *bufio.Writer, f *field) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -56,13 +57,24 @@ func New(opts Options) (*Proxy, error) {
 
 // Switch makes release the active target: every request and WebSocket
 // upgrade arriving after Switch returns goes to one of upstreams
-// ("host:port"). In-flight exchanges are untouched and finish against the
-// release they were routed to; keep-alive client connections follow on
-// their next request. The swap is one atomic store: it never fails or
-// delays a request. Switch returns an error, and changes nothing, only for
-// an empty release id or a malformed upstream list.
+// ("host:port"), chosen by Options.Balance. It is SwitchRoute without
+// affinity.
 func (p *Proxy) Switch(releaseID string, upstreams []string) error {
-	if err := validateUpstreams(releaseID, upstreams); err != nil {
+	return p.SwitchRoute(releaseID, Route{Upstreams: upstreams, Balance: p.opts.Balance})
+}
+
+// SwitchRoute makes release the active target with the given route. In-flight
+// exchanges are untouched and finish against the release and upstream they
+// were routed to; keep-alive client connections follow on their next
+// request. The swap is one atomic store: it never fails or delays a request.
+//
+// Switching again to the release that is already active only changes its
+// route (a replica joined or left): its connection counts, keep-alive pools
+// and the in-flight counts of the upstreams it keeps are kept, and nothing
+// is drained. SwitchRoute returns an error, and changes nothing, only for an
+// empty release id or an invalid route.
+func (p *Proxy) SwitchRoute(releaseID string, rt Route) error {
+	if err := validateRoute(releaseID, rt); err != nil {
 		return err
 	}
 	p.mu.Lock()
@@ -74,9 +86,13 @@ func (p *Proxy) Switch(releaseID string, upstreams []string) error {
 		r = &release{p: p, id: releaseID, pools: map[string]*connPool{}}
 		p.releases[releaseID] = r
 	}
-	r.activations++
-	p.active.Store(newTarget(r, slices.Clone(upstreams), p.opts.Balance))
-	p.logDebug("proxy switched", "release", releaseID, "upstreams", upstreams)
+	prev := p.active.Load()
+	if prev == nil || prev.rel != r {
+		r.activations++
+	}
+	rt.Upstreams = slices.Clone(rt.Upstreams)
+	p.active.Store(newTarget(r, prev, rt))
+	p.logDebug("proxy switched", "release", releaseID, "upstreams", rt.Upstreams)
 	return nil
 }
 
@@ -108,29 +124,57 @@ func (r *release) isCut() bool {
 	return r.cut
 }
 
-// route registers x on the active release and picks its upstream; it
-// returns false if there is no active release. Registering first and then
-// re-checking the active target closes the race with a concurrent Switch:
-// either the exchange is counted before Drain can see the old release idle,
-// or it is routed again to the new target.
-func (p *Proxy) route(x *exchange) bool {
+// route picks the upstream of x on the active target and registers x on its
+// release; it returns false if there is no active release. Registering
+// and then re-checking the active target closes the race with a concurrent
+// Switch: either the exchange is counted before Drain can see the old
+// release idle, or it is routed again to the new target. The upstream is
+// picked before registering, so readers of the in-flight list (Snapshot)
+// always see it.
+func (p *Proxy) route(x *exchange, req *http.Request) bool {
 	for {
 		t := p.active.Load()
 		if t == nil {
 			return false
 		}
+		x.tgt = t
+		if t.single != nil {
+			x.up = t.single
+		} else {
+			x.req = req
+			x.up = t.pickFor(x, req)
+		}
 		ok := t.rel.register(x)
 		if p.active.Load() != t {
 			t.rel.unregister(x)
+			t.done(x.up)
+			x.setCookie = ""
 			continue
 		}
-		x.tgt = t
-		x.up = t.pick()
 		if !ok {
 			x.interrupt(stopCut)
 		}
 		return true
 	}
+}
+
+// failover moves an exchange whose upstream failed before anything was
+// relayed to another upstream of its target (several upstreams only). It
+// reports false when there is none left to try.
+func (p *Proxy) failover(x *exchange) bool {
+	if x.tgt.single != nil || x.interrupted() != nil {
+		return false
+	}
+	u := x.tgt.another(x)
+	if u == nil {
+		return false
+	}
+	old := x.up
+	x.rel.mu.Lock()
+	x.up = u
+	x.rel.mu.Unlock()
+	x.tgt.done(old)
+	return true
 }
 
 // finish ends a routed exchange: exactly once per successful route.

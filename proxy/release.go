@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net/http"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -80,6 +81,14 @@ type exchange struct {
 	// start and status feed the per-release stats (serving goroutine only).
 	start  time.Time
 	status int32
+
+	// Several upstreams only (serving goroutine): the request (for
+	// affinity on failover), the affinity cookie value to set on the
+	// response, and the upstreams that already failed this exchange.
+	req       *http.Request
+	setCookie string
+	tried     [4]*upstream
+	ntried    int
 }
 
 const (

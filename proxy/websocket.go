@@ -26,6 +26,13 @@ const tunnelBufferSize = 8 << 10
 func (cc *clientConn) serveWebSocket(req *http.Request) {
 	x := &cc.x
 	conn, err := cc.p.dialer.DialContext(context.Background(), "tcp", x.up.addr)
+	for err != nil && x.tgt.single == nil {
+		x.up.markDown()
+		if !cc.p.failover(x) {
+			break
+		}
+		conn, err = cc.p.dialer.DialContext(context.Background(), "tcp", x.up.addr)
+	}
 	if err != nil {
 		cc.wsFail(req, err)
 		return
@@ -88,6 +95,7 @@ func (cc *clientConn) writeSwitch(h *respHead) {
 	for i := range h.fields {
 		writeFieldBytes(w, &h.fields[i])
 	}
+	cc.writeAffinityCookie(w)
 	w.Write(crlf)
 }
 

@@ -82,6 +82,10 @@ func (m *Manager) Adopt(ctx context.Context, prior *PriorState) (Adopted, error)
 		}
 	}
 	recs := m.adoptReleases(cfg, prior, byRelease, &res)
+	var stale []staleReplica
+	for _, r := range recs {
+		stale = append(stale, r.staleReplicas()...)
+	}
 	active := m.pickActive(prior, recs)
 
 	m.mu.Lock()
@@ -109,12 +113,24 @@ func (m *Manager) Adopt(ctx context.Context, prior *PriorState) (Adopted, error)
 		m.mu.Lock()
 		m.active = active
 		m.mu.Unlock()
-		m.traffic.Switch(active.id, active.upstreams)
+		m.routeMu.Lock()
+		rt := active.route()
+		m.mu.Lock()
+		if len(rt.Upstreams) > 0 {
+			m.traffic.Switch(active.id, rt)
+		}
+		m.mu.Unlock()
+		m.routeMu.Unlock()
 		res.Active = active.id
 	}
 	for _, r := range recs {
 		if r != active && r.getState() != relStopped {
 			m.retire(r)
+		}
+	}
+	for _, sr := range stale {
+		if sr.rec.wantsRunning() {
+			m.dropStale(sr)
 		}
 	}
 	for _, st := range res.Foreign {
@@ -123,6 +139,60 @@ func (m *Manager) Adopt(ctx context.Context, prior *PriorState) (Adopted, error)
 	}
 	m.events.Emit("units adopted", map[string]any{"count": len(res.Instances), "activeReleaseId": nilIfEmpty(res.Active)})
 	return res, nil
+}
+
+// staleReplica is an older incarnation of a proxied replica slot found
+// next to a newer one (the previous daemon ended during a replacement).
+type staleReplica struct {
+	rec *releaseRec
+	in  *instance
+}
+
+// staleReplicas takes every incarnation but the newest generation of each
+// proxied replica slot out of the pool and returns them.
+func (r *releaseRec) staleReplicas() []staleReplica {
+	newest := map[int]*instance{}
+	ins := r.list()
+	for _, in := range ins {
+		if in.def.Policy != config.Proxied {
+			continue
+		}
+		if cur := newest[in.replica]; cur == nil || in.generation > cur.generation {
+			newest[in.replica] = in
+		}
+	}
+	var out []staleReplica
+	for _, in := range ins {
+		if in.def.Policy == config.Proxied && newest[in.replica] != in {
+			in.setInRotation(false)
+			out = append(out, staleReplica{r, in})
+		}
+	}
+	return out
+}
+
+// dropStale drains and stops a stale incarnation in the background, as a
+// replacement would have finished.
+func (m *Manager) dropStale(sr staleReplica) {
+	m.retiring.Add(1)
+	go func() {
+		defer m.retiring.Done()
+		ctx := m.ctx
+		sr.in.mu.Lock()
+		port, host, unit := sr.in.port, sr.in.rc.Proxy.UpstreamHost, sr.in.unit
+		sr.in.mu.Unlock()
+		if port != 0 {
+			m.traffic.DrainUpstream(ctx, sr.rec.id, net.JoinHostPort(host, strconv.Itoa(port)), m.now().Add(m.config().Proxy.DrainTimeout))
+		}
+		err := sr.in.stop(ctx)
+		m.untrack(unit, sr.in)
+		sr.rec.remove(sr.in)
+		data := map[string]any{"id": sr.in.id, "processId": sr.in.id, "releaseId": sr.rec.id, "unit": unit}
+		if err != nil {
+			data["error"] = err.Error()
+		}
+		m.events.Emit("stale replica stopped", data)
+	}()
 }
 
 func nilIfEmpty(s string) any {
@@ -221,9 +291,9 @@ func (m *Manager) adoptInto(rec *releaseRec, cfg *config.Config, live []units.St
 		if in := m.adoptInstance(cfg, st, rec, prior, res); in != nil {
 			rec.instances = append(rec.instances, in)
 			if in.def.Policy == config.Proxied {
-				if port, ok := rec.ports[in.def.ID]; ok {
-					rec.upstreams = []string{net.JoinHostPort(cfg.Proxy.UpstreamHost, strconv.Itoa(port))}
-				}
+				// A running replica of a live release was serving: it is
+				// in the pool again.
+				in.inRotation = in.port != 0
 			}
 		}
 	}
@@ -254,11 +324,22 @@ func (m *Manager) adoptInstance(cfg *config.Config, st units.Status, sc scope, p
 	def := cfg.Process(st.Identity.Process)
 	env := envMap(st.Env)
 	rc := cfg.ReleaseContext(st.Identity.Release, env[config.EnvReleasePath], env[config.EnvRevision], portsFromEnv(cfg, env), m.env)
-	in, err := newInstance(m, def, rc, st.Identity.Replica, sc)
+	ownPort, ownPortErr := strconv.Atoi(env[config.EnvPort])
+	if def.Policy == config.Proxied && ownPortErr == nil {
+		// Each replica has its own port: the unit's ROLLBRIDGE_PORT.
+		ports := make([]int, st.Identity.Replica+1)
+		ports[st.Identity.Replica] = ownPort
+		rc.ReplicaPorts = map[string][]int{def.ID: ports}
+	}
+	gen := st.Identity.Generation
+	in, err := newInstanceGen(m, def, rc, st.Identity.Replica, gen, sc)
 	if err != nil {
 		// The current config no longer renders for this release (e.g. a new
 		// {{env.X}}); keep supervising the unit with what it runs.
-		in = &instance{m: m, id: def.InstanceID(st.Identity.Replica), replica: st.Identity.Replica, scope: sc, def: def, rc: rc}
+		in = &instance{m: m, id: def.InstanceID(st.Identity.Replica), replica: st.Identity.Replica, generation: gen, scope: sc, def: def, rc: rc}
+		if ownPortErr == nil {
+			in.port = ownPort
+		}
 	}
 	in.unit = st.Name
 	in.pid = st.MainPID
@@ -269,6 +350,7 @@ func (m *Manager) adoptInstance(cfg *config.Config, st units.Status, sc scope, p
 	}
 	in.mu.Lock()
 	in.startSamplerLocked()
+	in.armRecycleLocked()
 	in.mu.Unlock()
 	m.track(st.Name, in)
 	res.Instances = append(res.Instances, st.Name)

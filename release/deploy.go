@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"sync"
 
 	"github.com/rollbridge/rollbridge/config"
 )
@@ -93,6 +94,7 @@ func (m *Manager) deploy(ctx context.Context, req DeployRequest, rollbackOf stri
 	defer alloc.releaseAll()
 	rec.ports = alloc.ports
 	rc := cfg.ReleaseContext(id, req.ReleasePath, revision, alloc.ports, m.env)
+	rc.ReplicaPorts = alloc.replicaPorts
 
 	started, err := m.startServices(actx, cfg, rc, alloc)
 	if err != nil {
@@ -108,15 +110,18 @@ func (m *Manager) deploy(ctx context.Context, req DeployRequest, rollbackOf stri
 		return DeployResult{}, m.deployFailed(id, err)
 	}
 
-	// Success: adopt the config, register, activate, switch.
+	// Success: adopt the config, register, activate, switch the whole pool.
+	m.routeMu.Lock()
+	rt := rec.route()
 	m.mu.Lock()
 	m.cfg = cfg
 	prev := m.active
 	m.registerLocked(rec)
 	m.active = rec
+	m.traffic.Switch(id, rt)
 	m.mu.Unlock()
+	m.routeMu.Unlock()
 	rec.setState(relActive)
-	m.traffic.Switch(id, rec.upstreams)
 	var prevID *string
 	if prev != nil && prev != rec {
 		p := prev.id
@@ -196,15 +201,70 @@ func (m *Manager) stablePorts() map[string]int {
 	return out
 }
 
+// orderByDeps orders defs so each comes after the processes of defs it
+// depends on, otherwise keeping the given order (a stable topological
+// sort; config validation rules out cycles). Starting in this order, each
+// start returning only once the instance is ready (READY=1 with
+// health.notify), is what makes dependsOn hold.
+func orderByDeps(defs []*config.Process) []*config.Process {
+	in := make(map[string]bool, len(defs))
+	for _, d := range defs {
+		in[d.ID] = true
+	}
+	placed := make(map[string]bool, len(defs))
+	out := make([]*config.Process, 0, len(defs))
+	for len(out) < len(defs) {
+		progress := false
+		for _, d := range defs {
+			if placed[d.ID] {
+				continue
+			}
+			ready := true
+			for _, dep := range d.DependsOn {
+				if in[dep] && !placed[dep] {
+					ready = false
+					break
+				}
+			}
+			if ready {
+				placed[d.ID] = true
+				out = append(out, d)
+				progress = true
+				break // restart from the top: earlier entries keep priority
+			}
+		}
+		if !progress {
+			for _, d := range defs {
+				if !placed[d.ID] {
+					placed[d.ID] = true
+					out = append(out, d)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// processesOf returns the definitions of cfg that match keep, in config
+// order.
+func processesOf(cfg *config.Config, keep func(*config.Process) bool) []*config.Process {
+	var out []*config.Process
+	for i := range cfg.Processes {
+		if d := &cfg.Processes[i]; keep(d) {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
 // startServices starts every persistent service that is not registered, or
 // that sits in failed (revived, unlike the original: spec §11.2-6).
 func (m *Manager) startServices(ctx context.Context, cfg *config.Config, rc config.ReleaseContext, alloc *portAllocation) ([]*instance, error) {
 	var started []*instance
-	for i := range cfg.Processes {
-		def := &cfg.Processes[i]
-		if def.Policy != config.Service || def.DeployStrategy != config.Persistent {
-			continue
-		}
+	services := orderByDeps(processesOf(cfg, func(d *config.Process) bool {
+		return d.Policy == config.Service && d.DeployStrategy == config.Persistent
+	}))
+	for _, def := range services {
 		if m.isStopping() {
 			return started, errShuttingDown
 		}
@@ -271,58 +331,121 @@ func (m *Manager) stopServices(ctx context.Context, ins []*instance) {
 }
 
 // startRelease starts handoff services, companions and the proxied process
-// of rec (spec §3.1 step 8), then health-checks the proxied process.
+// of rec (spec §3.1 step 8), in that order unless dependsOn asks for
+// another, then health-checks every proxied replica.
 func (m *Manager) startRelease(ctx context.Context, rec *releaseRec, rc config.ReleaseContext, alloc *portAllocation) error {
 	cfg := rec.cfg
-	groups := [][]*config.Process{nil, nil, nil}
-	for i := range cfg.Processes {
-		d := &cfg.Processes[i]
+	rank := func(d *config.Process) int {
 		switch {
 		case d.Policy == config.Service && d.DeployStrategy == config.Handoff:
-			groups[0] = append(groups[0], d)
+			return 0
 		case d.Policy == config.Companion:
-			groups[1] = append(groups[1], d)
+			return 1
 		case d.Policy == config.Proxied:
-			groups[2] = append(groups[2], d)
+			return 2
 		}
+		return -1
 	}
-	var proxied *instance
-	for _, group := range groups {
-		for _, def := range group {
-			for replica := range def.Replicas {
-				if m.isStopping() {
-					return errShuttingDown
-				}
-				in, err := newInstance(m, def, rc, replica, rec)
-				if err != nil {
-					return err
-				}
-				rec.mu.Lock()
-				rec.instances = append(rec.instances, in)
-				rec.mu.Unlock()
-				alloc.take(def.ID)
-				if err := in.start(ctx, reasonDeploy); err != nil {
-					return err
-				}
-				if def.Policy == config.Proxied {
-					proxied = in
-				}
+	var defs []*config.Process
+	for r := range 3 {
+		defs = append(defs, processesOf(cfg, func(d *config.Process) bool { return rank(d) == r })...)
+	}
+	proxied := false
+	for _, def := range orderByDeps(defs) {
+		if m.isStopping() {
+			return errShuttingDown
+		}
+		if def.Policy == config.Proxied {
+			if err := m.startProxied(ctx, rec, def, rc, alloc); err != nil {
+				return err
+			}
+			proxied = true
+			continue
+		}
+		for replica := range def.Replicas {
+			if m.isStopping() {
+				return errShuttingDown
+			}
+			in, err := newInstance(m, def, rc, replica, rec)
+			if err != nil {
+				return err
+			}
+			rec.mu.Lock()
+			rec.instances = append(rec.instances, in)
+			rec.mu.Unlock()
+			alloc.take(def.ID)
+			if err := in.start(ctx, reasonDeploy); err != nil {
+				return err
 			}
 		}
 	}
-	if proxied == nil {
+	if !proxied {
 		return errors.New("config has no proxied process")
 	}
-	port := rec.ports[proxied.def.ID]
-	upstream := net.JoinHostPort(cfg.Proxy.UpstreamHost, strconv.Itoa(port))
-	rec.upstreams = []string{upstream}
-	if proxied.def.Health != nil && m.health != nil {
-		url := "http://" + upstream + proxied.def.Health.Path
-		if err := m.health(ctx, url, *proxied.def.Health); err != nil {
+	return nil
+}
+
+// startProxied starts every replica of the proxied process at once and
+// waits until each one passed its readiness checks (READY=1 and/or the
+// HTTP probe), so the switch moves traffic to a complete, healthy pool. The
+// first failure stops the wait and is returned.
+func (m *Manager) startProxied(ctx context.Context, rec *releaseRec, def *config.Process, rc config.ReleaseContext, alloc *portAllocation) error {
+	ins := make([]*instance, def.Replicas)
+	for replica := range ins {
+		in, err := newInstance(m, def, rc, replica, rec)
+		if err != nil {
+			return err
+		}
+		ins[replica] = in
+	}
+	rec.mu.Lock()
+	rec.instances = append(rec.instances, ins...)
+	rec.mu.Unlock()
+	alloc.take(def.ID)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make([]error, len(ins))
+	var wg sync.WaitGroup
+	for i, in := range ins {
+		wg.Go(func() {
+			err := in.start(ctx, reasonDeploy)
+			if err == nil {
+				err = m.checkReady(ctx, in)
+			}
+			if err != nil && ctx.Err() == nil {
+				errs[i] = err
+				cancel()
+			}
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
 			return err
 		}
 	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	for _, in := range ins {
+		if !in.setInRotation(true) {
+			return fmt.Errorf("proxied process %s exited before the switch", in.id)
+		}
+	}
 	return nil
+}
+
+// checkReady runs the HTTP health probe of a proxied instance, if it has
+// one (READY=1 was already awaited by the start).
+func (m *Manager) checkReady(ctx context.Context, in *instance) error {
+	in.mu.Lock()
+	h, port, host := in.def.Health, in.port, in.rc.Proxy.UpstreamHost
+	in.mu.Unlock()
+	if h == nil || h.Path == "" || m.health == nil || port == 0 {
+		return nil
+	}
+	url := "http://" + net.JoinHostPort(host, strconv.Itoa(port)) + h.Path
+	return m.health(ctx, url, *h)
 }
 
 // cleanupRelease stops everything a failed release start launched, with the
@@ -376,11 +499,8 @@ func (m *Manager) refreshServices(cfg *config.Config, rc config.ReleaseContext) 
 // new one (spec §3.1 step 12).
 func (m *Manager) replaceSingletons(ctx context.Context, cfg *config.Config, rc config.ReleaseContext, rec *releaseRec, alloc *portAllocation) error {
 	var errs []error
-	for i := range cfg.Processes {
-		def := &cfg.Processes[i]
-		if def.Policy != config.Singleton {
-			continue
-		}
+	singletons := orderByDeps(processesOf(cfg, func(d *config.Process) bool { return d.Policy == config.Singleton }))
+	for _, def := range singletons {
 		if old := m.singleton(def.ID); old != nil {
 			if err := old.stop(ctx); err != nil {
 				errs = append(errs, err)

@@ -52,6 +52,7 @@ func (m *Manager) detach() {
 	for _, in := range m.all() {
 		in.mu.Lock()
 		in.stopSamplerLocked()
+		in.disarmRecycleLocked()
 		if in.restartTimer != nil {
 			in.restartTimer.Stop()
 			in.restartTimer = nil
@@ -69,6 +70,7 @@ func (m *Manager) reattach() {
 		unit, pid := in.unit, in.pid
 		if pid != 0 {
 			in.startSamplerLocked()
+			in.armRecycleLocked()
 		}
 		in.mu.Unlock()
 		if pid == 0 {
@@ -95,6 +97,7 @@ func (m *Manager) Quiesce(ctx context.Context) {
 	for _, in := range m.all() {
 		in.mu.Lock()
 		in.stopSamplerLocked()
+		in.disarmRecycleLocked()
 		if in.restartTimer != nil {
 			in.restartTimer.Stop()
 			in.restartTimer = nil

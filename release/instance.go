@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -57,6 +59,15 @@ type instance struct {
 	built config.Instance
 	// unit is the runner name of the current (or last) incarnation.
 	unit string
+	// port is the instance's own port (0: none). generation numbers the
+	// incarnations of a proxied replica slot that were started side by side
+	// (replacements: recycle, requested restarts); it is part of the unit
+	// name, so old and new can run at once.
+	port       int
+	generation int
+	// inRotation: a proxied replica that passed its readiness checks and
+	// has not exited since; only those are in the release's pool.
+	inRotation bool
 
 	state           string
 	pid             int
@@ -85,6 +96,12 @@ type instance struct {
 	// quieted: Quiesce already ran the quiet hook of this incarnation.
 	quieted bool
 
+	// recycleTimer fires the next scheduled recycle (config recycle).
+	recycleTimer *time.Timer
+	// replaceRequested: this incarnation asked to be replaced (sd_notify
+	// STATUS=rollbridge:replace) and that is being handled.
+	replaceRequested bool
+
 	// Memory supervision (memory.go).
 	samplerCancel       context.CancelFunc
 	memoryRestarting    bool
@@ -96,7 +113,13 @@ type instance struct {
 }
 
 func newInstance(m *Manager, def *config.Process, rc config.ReleaseContext, replica int, sc scope) (*instance, error) {
-	in := &instance{m: m, id: def.InstanceID(replica), replica: replica, scope: sc, def: def, rc: rc, state: stateStopped}
+	return newInstanceGen(m, def, rc, replica, 0, sc)
+}
+
+// newInstanceGen builds generation gen of a replica slot (see
+// instance.generation).
+func newInstanceGen(m *Manager, def *config.Process, rc config.ReleaseContext, replica, gen int, sc scope) (*instance, error) {
+	in := &instance{m: m, id: def.InstanceID(replica), replica: replica, generation: gen, scope: sc, def: def, rc: rc, state: stateStopped}
 	if err := in.render(); err != nil {
 		return nil, err
 	}
@@ -110,12 +133,85 @@ func (in *instance) render() error {
 		return err
 	}
 	in.built = built
+	in.port = 0
+	if built.HasPort {
+		in.port = built.Port
+	}
 	in.unit = in.identity().UnitName()
 	return nil
 }
 
 func (in *instance) identity() units.Identity {
-	return in.def.Identity(in.rc.Application, in.rc.ReleaseID, in.replica)
+	id := in.def.Identity(in.rc.Application, in.rc.ReleaseID, in.replica)
+	id.Generation = in.generation
+	return id
+}
+
+// upstream is the proxy address of a proxied replica in rotation.
+func (in *instance) upstream() (string, bool) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if !in.inRotation || in.port == 0 {
+		return "", false
+	}
+	return net.JoinHostPort(in.rc.Proxy.UpstreamHost, strconv.Itoa(in.port)), true
+}
+
+// inPool reports whether a proxied replica is in its release's pool.
+func (in *instance) inPool() bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.inRotation
+}
+
+// setInRotation marks a proxied replica ready (or not) for traffic; it
+// reports whether that changed anything. A replica whose process is gone
+// cannot join.
+func (in *instance) setInRotation(on bool) bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if on && in.pid == 0 && !in.pidUnknown {
+		return false
+	}
+	changed := in.inRotation != on
+	in.inRotation = on
+	return changed
+}
+
+// release returns the release a proxied replica belongs to, or nil.
+func (in *instance) release() *releaseRec {
+	if in.def.Policy != config.Proxied {
+		return nil
+	}
+	rec, _ := in.scope.(*releaseRec)
+	return rec
+}
+
+// rejoin puts a proxied replica that was (re)started outside a deploy back
+// into its release's pool once it passes its readiness checks. One that
+// fails them is stopped and handled like a crash.
+func (in *instance) rejoin(ctx context.Context) {
+	rec := in.release()
+	if rec == nil {
+		return
+	}
+	if err := in.m.checkReady(ctx, in); err != nil {
+		in.emit("replica health check failed", map[string]any{"error": err.Error(), "id": in.id})
+		_ = in.stop(ctx)
+		in.mu.Lock()
+		in.stopRequested = false
+		in.mu.Unlock()
+		if rec.wantsRunning() && !in.m.isStopping() {
+			in.scheduleRestart()
+		}
+		return
+	}
+	if in.setInRotation(true) {
+		in.m.reroute(rec)
+		if in.def.Replicas > 1 {
+			in.emit("replica in rotation", map[string]any{"id": in.id})
+		}
+	}
 }
 
 // refresh replaces the definition (and release context) used by the next
@@ -173,6 +269,7 @@ func (in *instance) start(ctx context.Context, reason string) error {
 	}
 	in.state = stateStarting
 	in.stopRequested = false
+	in.replaceRequested = false
 	in.quieted = false
 	in.earlyExit = nil
 	spec := in.specLocked()
@@ -197,6 +294,7 @@ func (in *instance) start(ctx context.Context, reason string) error {
 	in.lastStartReason = reason
 	in.state = stateRunning
 	in.startSamplerLocked()
+	in.armRecycleLocked()
 	early := in.earlyExit
 	in.earlyExit = nil
 	cmd := in.built.Command
@@ -210,7 +308,7 @@ func (in *instance) start(ctx context.Context, reason string) error {
 }
 
 func (in *instance) specLocked() units.Spec {
-	return units.Spec{
+	spec := units.Spec{
 		Identity:    in.identity(),
 		Command:     in.built.Command,
 		Dir:         in.built.Cwd,
@@ -219,6 +317,11 @@ func (in *instance) specLocked() units.Spec {
 		Grace:       in.def.GracefulStop,
 		OutputLines: in.def.OutputLines,
 	}
+	if h := in.def.Health; h != nil && h.Notify {
+		// health.startDelayMs + timeoutMs bound the wait for READY=1.
+		spec.Notify, spec.StartTimeout = true, max(h.StartDelay+h.Timeout, time.Second)
+	}
+	return spec
 }
 
 // onExit handles the runner's exit event for this instance's unit.
@@ -237,11 +340,14 @@ func (in *instance) onExit(ev units.Event) {
 		return
 	}
 	in.pid, in.pidUnknown = 0, false
+	leftRotation := in.inRotation
+	in.inRotation = false
 	seen := in.exitSeen
 	in.exitSeen = nil
 	in.exited = true
 	in.exit = ev.Exit
 	in.stopSamplerLocked()
+	in.disarmRecycleLocked()
 	in.rssBytes, in.children = 0, nil
 	requested := in.stopRequested
 	if requested {
@@ -252,6 +358,13 @@ func (in *instance) onExit(ev units.Event) {
 	in.mu.Unlock()
 
 	in.emit("process exited", map[string]any{"code": exitCode(ev.Exit), "id": in.id, "signal": exitSignal(ev.Exit)})
+	if rec := in.release(); leftRotation && rec != nil {
+		// Out of the pool at once: new requests go to the live replicas.
+		in.m.reroute(rec)
+		if in.def.Replicas > 1 {
+			in.emit("replica out of rotation", map[string]any{"id": in.id})
+		}
+	}
 	if seen != nil {
 		close(seen)
 	}
@@ -334,11 +447,13 @@ func (in *instance) crashRestart() {
 	if !in.scope.wantsRunning() || in.m.isStopping() {
 		return
 	}
-	ctx, cancel := context.WithTimeout(in.m.ctx, startTimeout)
+	ctx, cancel := context.WithTimeout(in.m.ctx, in.startBound())
 	defer cancel()
 	if err := in.start(ctx, reasonCrash); err != nil {
 		in.emit("process restart failed", map[string]any{"error": err.Error(), "id": in.id})
+		return
 	}
+	in.rejoin(in.m.ctx)
 }
 
 // exitEventWait bounds how long a finished stop waits for the runner's
@@ -348,6 +463,17 @@ const exitEventWait = 2 * time.Second
 // startTimeout bounds one start job (the runner returns once exec happened).
 const startTimeout = 60 * time.Second
 
+// startBound bounds a start outside a deploy: startTimeout, or longer when
+// the start waits for READY=1 (the runner enforces the readiness bound).
+func (in *instance) startBound() time.Duration {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if h := in.def.Health; h != nil && h.Notify {
+		return max(startTimeout, h.StartDelay+h.Timeout+30*time.Second)
+	}
+	return startTimeout
+}
+
 // stop runs the graceful stop sequence (spec §5.5): hooks, then the stop
 // signal (or stopCommand) to every process of the instance, the
 // gracefulStopMs window, then SIGKILL. Concurrent stops share one run.
@@ -355,6 +481,7 @@ func (in *instance) stop(ctx context.Context) error {
 	in.mu.Lock()
 	in.stopRequested = true
 	in.stopSamplerLocked()
+	in.disarmRecycleLocked()
 	if in.restartTimer != nil {
 		in.restartTimer.Stop()
 		in.restartTimer = nil

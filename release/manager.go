@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -20,16 +21,32 @@ import (
 
 // Traffic is what the manager needs from the proxy.
 type Traffic interface {
-	// Switch routes new requests to upstreams (host:port) of release.
-	Switch(release string, upstreams []string)
+	// Switch routes new requests to the upstreams (host:port) of release.
+	// Switching again to the active release only changes its pool (a
+	// replica joined or left): nothing in flight is affected.
+	Switch(release string, route Route)
 	// Clear leaves the proxy without an active release (503s).
 	Clear()
 	// Connections reports in-flight HTTP exchanges and open WebSockets.
 	Connections(release string) (http, websocket int)
+	// UpstreamConnections reports them per upstream address.
+	UpstreamConnections(release string) map[string]Connections
 	// Drain waits until release has no connections or deadline passes.
 	Drain(ctx context.Context, release string, deadline time.Time)
+	// DrainUpstream waits until release has nothing in flight on upstream,
+	// which the route no longer contains, or deadline passes (then what is
+	// left is cut).
+	DrainUpstream(ctx context.Context, release, upstream string, deadline time.Time)
 	// Forget drops a stopped release's counters.
 	Forget(release string)
+}
+
+// Route is a release's pool of proxied replicas and how the proxy picks
+// among them.
+type Route struct {
+	Upstreams  []string
+	Balance    config.Balance
+	Stickiness *config.Stickiness
 }
 
 // HealthChecker probes url until healthy per h (spec §4.10).
@@ -73,6 +90,10 @@ type Manager struct {
 	op     chan struct{}
 	opMu   sync.Mutex
 	opDesc string
+
+	// routeMu orders every traffic switch, so a pool computed from the
+	// instances is never overtaken by an older one.
+	routeMu sync.Mutex
 
 	mu         sync.Mutex
 	cfg        *config.Config
@@ -137,15 +158,21 @@ func (m *Manager) Run(ctx context.Context) error {
 	m.ctx = ctx
 	go func() {
 		for ev := range events {
-			if ev.Kind != units.EventExited {
+			if ev.Kind != units.EventExited && ev.Kind != units.EventStatus {
 				continue
 			}
 			m.mu.Lock()
 			in := m.byUnit[ev.Name]
 			detached := m.detached
 			m.mu.Unlock()
-			if in != nil && !detached {
+			if in == nil || detached {
+				continue
+			}
+			switch {
+			case ev.Kind == units.EventExited:
 				in.onExit(ev)
+			case isReplaceRequest(ev.Status):
+				go m.requestedReplace(in, ev.Status)
 			}
 		}
 	}()
@@ -224,7 +251,57 @@ type releaseRec struct {
 	ports          map[string]int
 	// instances in start order: handoff services, companions, proxied.
 	instances []*instance
-	upstreams []string
+	// replacing serializes replica replacements (recycle, requested
+	// restarts), so the pool never loses more than the one being replaced.
+	replacing sync.Mutex
+	// halted: a stop or shutdown of the release began; nothing of it may
+	// start any more (guarded by mu).
+	halted bool
+}
+
+// halt marks the release as being stopped before its instances are listed
+// for stopping, so a replacement being prepared cannot add one unseen.
+func (r *releaseRec) halt() {
+	r.mu.Lock()
+	r.halted = true
+	r.mu.Unlock()
+}
+
+// route is the pool of rec's proxied replicas that are in rotation, in
+// replica order.
+func (r *releaseRec) route() Route {
+	rt := Route{}
+	if p := r.cfg.Proxied(); p != nil {
+		rt.Balance, rt.Stickiness = p.Balance, p.Stickiness
+	}
+	var ins []*instance
+	for _, in := range r.list() {
+		if in.def.Policy == config.Proxied {
+			ins = append(ins, in)
+		}
+	}
+	sort.SliceStable(ins, func(i, j int) bool { return ins[i].replica < ins[j].replica })
+	for _, in := range ins {
+		if u, ok := in.upstream(); ok {
+			rt.Upstreams = append(rt.Upstreams, u)
+		}
+	}
+	return rt
+}
+
+// reroute gives the proxy rec's current pool, if rec is the active release
+// and some replica is in rotation (an empty pool keeps the last one: its
+// requests fail either way, and a replica coming back restores it).
+func (m *Manager) reroute(rec *releaseRec) {
+	m.routeMu.Lock()
+	defer m.routeMu.Unlock()
+	rt := rec.route() // before m.mu: instances lock in.mu, which is taken before m.mu elsewhere
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.active != rec || m.stopping || len(rt.Upstreams) == 0 {
+		return
+	}
+	m.traffic.Switch(rec.id, rt)
 }
 
 const (
@@ -238,7 +315,7 @@ const (
 func (r *releaseRec) wantsRunning() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.state == relStarting || r.state == relActive
+	return (r.state == relStarting || r.state == relActive) && !r.halted
 }
 
 func (r *releaseRec) getState() string {

@@ -20,19 +20,49 @@ type fakeTraffic struct {
 	mu       sync.Mutex
 	active   string
 	switches []string
+	routes   []Route // every Switch's route, in order
 	conns    map[string]int
+	upConns  map[string]int // in-flight per upstream of the active release
 	drained  chan string
+	upDrains []string // DrainUpstream calls: upstream addresses
 }
 
 func newFakeTraffic() *fakeTraffic {
-	return &fakeTraffic{conns: map[string]int{}, drained: make(chan string, 10)}
+	return &fakeTraffic{conns: map[string]int{}, upConns: map[string]int{}, drained: make(chan string, 10)}
 }
 
-func (f *fakeTraffic) Switch(release string, _ []string) {
+func (f *fakeTraffic) Switch(release string, rt Route) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.active = release
 	f.switches = append(f.switches, release)
+	f.routes = append(f.routes, rt)
+}
+
+func (f *fakeTraffic) UpstreamConnections(string) map[string]Connections {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[string]Connections{}
+	for u, n := range f.upConns {
+		out[u] = Connections{HTTP: n}
+	}
+	return out
+}
+
+func (f *fakeTraffic) DrainUpstream(_ context.Context, _, upstream string, _ time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.upDrains = append(f.upDrains, upstream)
+}
+
+// lastRoute returns the route of the latest switch.
+func (f *fakeTraffic) lastRoute() Route {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.routes) == 0 {
+		return Route{}
+	}
+	return f.routes[len(f.routes)-1]
 }
 func (f *fakeTraffic) Clear() { f.mu.Lock(); f.active = ""; f.mu.Unlock() }
 func (f *fakeTraffic) Connections(release string) (int, int) {

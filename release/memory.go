@@ -102,6 +102,21 @@ func (in *instance) memoryRestart() {
 		in.mu.Unlock()
 	}()
 	ctx := in.m.ctx
+	if in.release() != nil && in.scope.wantsRunning() {
+		// A proxied replica is replaced start-first, so the pool keeps its
+		// size; if that fails (no free port), it restarts in place.
+		nu, err := in.m.replaceReplica(ctx, in, reasonMemory)
+		if nu != nil {
+			nu.mu.Lock()
+			nu.memoryRestarts++
+			nu.lastMemoryRestartAt = in.m.now()
+			nu.mu.Unlock()
+		}
+		if err == nil || nu != nil || !in.isLive() {
+			return
+		}
+		// Fall through: restart in place.
+	}
 	if err := in.stop(ctx); err != nil {
 		in.emit("memory restart failed", map[string]any{"error": err.Error(), "id": in.id})
 		return
@@ -114,11 +129,13 @@ func (in *instance) memoryRestart() {
 	in.lastMemoryRestartAt = in.m.now()
 	in.warned = false
 	in.mu.Unlock()
-	sctx, cancel := context.WithTimeout(ctx, startTimeout)
+	sctx, cancel := context.WithTimeout(ctx, in.startBound())
 	defer cancel()
 	if err := in.start(sctx, reasonMemory); err != nil {
 		in.emit("memory restart failed", map[string]any{"error": err.Error(), "id": in.id})
+		return
 	}
+	in.rejoin(ctx)
 }
 
 // readChildren describes each pid: command (comm) and VmRSS, sorted by pid.

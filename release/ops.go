@@ -1,10 +1,12 @@
 package release
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 
 	"github.com/rollbridge/rollbridge/config"
@@ -110,6 +112,7 @@ func (m *Manager) Stop(ctx context.Context, releaseID string) (Status, error) {
 		m.traffic.Clear()
 	}
 	m.mu.Unlock()
+	rec.halt()
 	stopErr := stopAll(ctx, rec.list())
 	rec.setState(relStopped)
 	for _, in := range rec.list() {
@@ -136,8 +139,17 @@ func (m *Manager) Restart(ctx context.Context, processID, policy string) (Restar
 		return RestartResult{}, errShuttingDown
 	}
 	cfg := m.config()
-	if proxied := cfg.Proxied(); policy == string(config.Proxied) || (proxied != nil && processID == proxied.ID) {
-		return RestartResult{}, errors.New(`The proxied process cannot be restarted in place; use "rollbridge deploy" for a zero-downtime replacement.`)
+	proxied := cfg.Proxied()
+	if targetsProxied(proxied, processID, policy) {
+		if proxied == nil || proxied.Replicas <= 1 {
+			return RestartResult{}, errors.New(`The proxied process cannot be restarted in place; use "rollbridge deploy" for a zero-downtime replacement.`)
+		}
+		done, err := m.begin("a restart")
+		if err != nil {
+			return RestartResult{}, err
+		}
+		defer done()
+		return m.restartReplicas(ctx, proxied, processID)
 	}
 	done, err := m.begin("a restart")
 	if err != nil {
@@ -171,6 +183,60 @@ func (m *Manager) Restart(ctx context.Context, processID, policy string) (Restar
 		res.Restarted = append(res.Restarted, in.id)
 	}
 	return res, nil
+}
+
+// targetsProxied: the restart names the proxied process, one of its
+// replicas, or its policy.
+func targetsProxied(proxied *config.Process, processID, policy string) bool {
+	if policy == string(config.Proxied) {
+		return true
+	}
+	return proxied != nil && processID != "" && (processID == proxied.ID || strings.HasPrefix(processID, proxied.ID+"#"))
+}
+
+// restartReplicas replaces the active release's proxied replicas named by
+// processID (all of them when it is the process id or empty), one at a
+// time and start-first (replaceReplica), so the pool never shrinks. A
+// replica that is the only one in rotation is never replaced.
+func (m *Manager) restartReplicas(ctx context.Context, def *config.Process, processID string) (RestartResult, error) {
+	m.mu.Lock()
+	active := m.active
+	m.mu.Unlock()
+	var targets []*instance
+	if active != nil {
+		for _, in := range active.list() {
+			if in.def.ID == def.ID && (processID == "" || processID == def.ID || processID == in.id) {
+				targets = append(targets, in)
+			}
+		}
+	}
+	sort.SliceStable(targets, func(i, j int) bool { return targets[i].replica < targets[j].replica })
+	if len(targets) == 0 {
+		return RestartResult{}, fmt.Errorf("No managed process with id %q to restart.", cmp.Or(processID, def.ID))
+	}
+	res := RestartResult{Restarted: []string{}}
+	for _, in := range targets {
+		if in.inPool() && active.othersInRotation(in) == 0 {
+			return res, fmt.Errorf("Replica %s is the only replica of %q in rotation; it is not replaced while no other replica serves. Wait for the others to recover, or deploy a new release.", in.id, def.ID)
+		}
+		in.emit("process restart requested", map[string]any{"processId": in.id})
+		if _, err := m.replaceReplica(ctx, in, reasonManual); err != nil {
+			return res, err
+		}
+		res.Restarted = append(res.Restarted, in.id)
+	}
+	return res, nil
+}
+
+// othersInRotation counts r's proxied replicas in rotation other than in.
+func (r *releaseRec) othersInRotation(in *instance) int {
+	n := 0
+	for _, x := range r.list() {
+		if x != in && x.def.Policy == config.Proxied && x.inPool() {
+			n++
+		}
+	}
+	return n
 }
 
 // instancesOf returns the restartable instances of def.
@@ -218,6 +284,7 @@ func (m *Manager) Rollback(ctx context.Context, releaseID string) (DeployResult,
 	}
 	if st := target.getState(); st != relStopped && st != relFailed {
 		// Stop a still-draining target before its id is reused.
+		target.halt()
 		_ = stopAll(ctx, target.list())
 		target.setState(relStopped)
 		for _, in := range target.list() {
@@ -271,6 +338,12 @@ func (m *Manager) Shutdown(ctx context.Context) error {
 	m.shutOnce.Do(func() {
 		m.markStopping()
 		m.mu.Lock()
+		for r := range m.starting {
+			r.halt()
+		}
+		for _, r := range m.releases {
+			r.halt()
+		}
 		var all []*instance
 		all = append(all, m.services...)
 		all = append(all, m.singletons...)

@@ -18,14 +18,18 @@ import (
 // start itself.
 type portAllocation struct {
 	ports map[string]int
-	holds map[string]net.Listener
+	// replicaPorts holds one port per replica of the proxied process when
+	// it has several replicas (ports then holds replica 0's).
+	replicaPorts map[string][]int
+	holds        map[string][]net.Listener
 }
 
 // allocatePorts allocates a port for every ported definition, in config
-// order. stable maps persistent-service ids to ports they already own; those
-// are reused without a bind test (the service holds them).
+// order, and one per replica for a proxied process with replicas. stable
+// maps persistent-service ids to ports they already own; those are reused
+// without a bind test (the service holds them).
 func allocatePorts(ctx context.Context, host string, defs []config.Process, stable map[string]int) (*portAllocation, error) {
-	a := &portAllocation{ports: map[string]int{}, holds: map[string]net.Listener{}}
+	a := &portAllocation{ports: map[string]int{}, replicaPorts: map[string][]int{}, holds: map[string][]net.Listener{}}
 	reserved := map[int]bool{}
 	for _, p := range stable {
 		reserved[p] = true
@@ -39,30 +43,52 @@ func allocatePorts(ctx context.Context, host string, defs []config.Process, stab
 			a.ports[d.ID] = p
 			continue
 		}
-		port, ln, err := bindInRange(ctx, host, *d.Port, reserved)
-		if err != nil {
-			a.releaseAll()
-			return nil, err
+		n := 1
+		if d.Policy == config.Proxied {
+			n = max(d.Replicas, 1)
 		}
-		reserved[port] = true
-		a.ports[d.ID] = port
-		a.holds[d.ID] = ln
+		for replica := range n {
+			port, ln, err := bindInRange(ctx, host, *d.Port, reserved)
+			if err != nil {
+				a.releaseAll()
+				return nil, err
+			}
+			reserved[port] = true
+			a.holds[d.ID] = append(a.holds[d.ID], ln)
+			if replica == 0 {
+				a.ports[d.ID] = port
+			}
+			if n > 1 {
+				a.replicaPorts[d.ID] = append(a.replicaPorts[d.ID], port)
+			}
+		}
 	}
 	return a, nil
 }
 
-// take releases the hold on id's port so its process can bind it.
+// take releases the holds on id's ports so its processes can bind them.
 func (a *portAllocation) take(id string) {
-	if ln, ok := a.holds[id]; ok {
+	for _, ln := range a.holds[id] {
 		ln.Close()
-		delete(a.holds, id)
 	}
+	delete(a.holds, id)
 }
 
 func (a *portAllocation) releaseAll() {
 	for id := range a.holds {
 		a.take(id)
 	}
+}
+
+// allocateReplacementPort finds a free port in r for a replacement
+// instance, avoiding the ports in use, and keeps it bound until the caller
+// closes the returned listener (just before the start).
+func allocateReplacementPort(ctx context.Context, host string, r config.PortRange, inUse []int) (int, net.Listener, error) {
+	reserved := map[int]bool{}
+	for _, p := range inUse {
+		reserved[p] = true
+	}
+	return bindInRange(ctx, host, r, reserved)
 }
 
 func bindInRange(ctx context.Context, host string, r config.PortRange, reserved map[int]bool) (int, net.Listener, error) {

@@ -3,8 +3,12 @@ package release
 import (
 	"context"
 	"encoding/json"
+	"net"
+	"strconv"
 	"sync"
 	"time"
+
+	"github.com/rollbridge/rollbridge/config"
 )
 
 // Opt is a JSON value that may be omitted (zero), null, or set — the
@@ -56,23 +60,29 @@ type Child struct {
 // ProcessStatus is the process status object of spec §5.9 (keys in the
 // original's order), plus the runner unit it lives in.
 type ProcessStatus struct {
-	Children            []Child     `json:"children"`
-	Command             string      `json:"command"`
-	Cwd                 string      `json:"cwd"`
-	ExitCode            Opt[int]    `json:"exitCode,omitzero"`
-	ExitSignal          Opt[string] `json:"exitSignal,omitzero"`
-	ID                  string      `json:"id"`
-	LastMemoryRestartAt string      `json:"lastMemoryRestartAt,omitempty"`
-	LastStartReason     string      `json:"lastStartReason,omitempty"`
-	Logs                []LogEntry  `json:"logs"`
-	MemoryRestarts      int         `json:"memoryRestarts"`
-	PID                 int         `json:"pid,omitempty"`
-	Restarts            int         `json:"restarts"`
-	RSSBytes            uint64      `json:"rssBytes,omitempty"`
-	StartedAt           string      `json:"startedAt,omitempty"`
-	State               string      `json:"state"`
-	Unit                string      `json:"unit"`
-	UptimeMs            *int64      `json:"uptimeMs,omitempty"`
+	Children []Child `json:"children"`
+	Command  string  `json:"command"`
+	// Connections are the proxy's in-flight exchanges on a proxied replica.
+	Connections *Connections `json:"connections,omitempty"`
+	Cwd         string       `json:"cwd"`
+	ExitCode    Opt[int]     `json:"exitCode,omitzero"`
+	ExitSignal  Opt[string]  `json:"exitSignal,omitzero"`
+	ID          string       `json:"id"`
+	// InRotation tells whether a proxied replica is in its release's pool.
+	InRotation          *bool      `json:"inRotation,omitempty"`
+	LastMemoryRestartAt string     `json:"lastMemoryRestartAt,omitempty"`
+	LastStartReason     string     `json:"lastStartReason,omitempty"`
+	Logs                []LogEntry `json:"logs"`
+	MemoryRestarts      int        `json:"memoryRestarts"`
+	PID                 int        `json:"pid,omitempty"`
+	// Port is the instance's own port (each proxied replica has one).
+	Port      int    `json:"port,omitempty"`
+	Restarts  int    `json:"restarts"`
+	RSSBytes  uint64 `json:"rssBytes,omitempty"`
+	StartedAt string `json:"startedAt,omitempty"`
+	State     string `json:"state"`
+	Unit      string `json:"unit"`
+	UptimeMs  *int64 `json:"uptimeMs,omitempty"`
 }
 
 // Connections are a release's live proxy connections.
@@ -144,6 +154,18 @@ func (m *Manager) releaseStatus(ctx context.Context, r *releaseRec) ReleaseStatu
 		wg.Go(func() { procs[i] = m.processStatus(ctx, in, true) })
 	}
 	wg.Wait()
+	byUpstream := m.traffic.UpstreamConnections(r.id)
+	for i, in := range ins {
+		if in.def.Policy != config.Proxied {
+			continue
+		}
+		in.mu.Lock()
+		on, addr := in.inRotation, net.JoinHostPort(in.rc.Proxy.UpstreamHost, strconv.Itoa(in.port))
+		in.mu.Unlock()
+		c := byUpstream[addr]
+		procs[i].Connections = &c
+		procs[i].InRotation = &on
+	}
 	h, ws := m.traffic.Connections(r.id)
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -186,6 +208,7 @@ func (m *Manager) processStatus(ctx context.Context, in *instance, withLogs bool
 		LastStartReason: in.lastStartReason,
 		Logs:            []LogEntry{},
 		PID:             in.pid,
+		Port:            in.port,
 		Restarts:        in.restarts,
 		StartedAt:       stamp(in.startedAt),
 		State:           in.state,

@@ -15,9 +15,11 @@ import (
 //
 // where every component is escaped with EscapeComponent, so a literal "-"
 // becomes \x2d and the three "-" separators stay unambiguous, and the
-// instance is the user-visible id ("web", "worker#0" → worker\x230). All
-// units of an application live in the slice rollbridge-<app>.slice, which
-// systemd nests under rollbridge.slice.
+// instance is the user-visible id ("web", "worker#0" → worker\x230),
+// followed by "#g<n>" for generation n > 0 of a replica slot ("web#2#g1",
+// "web#g1"; "#" never occurs in a process id). All units of an application
+// live in the slice rollbridge-<app>.slice, which systemd nests under
+// rollbridge.slice.
 const (
 	unitPrefix = "rollbridge"
 	// Environment variables carried by every instance; List rebuilds the
@@ -29,6 +31,9 @@ const (
 	EnvReplicaCount = "ROLLBRIDGE_REPLICA_COUNT"
 	// EnvInstanceID is the instance id ("worker#0"), added by the runtime.
 	EnvInstanceID = "ROLLBRIDGE_INSTANCE_ID"
+	// EnvInstanceGeneration is Identity.Generation ("0" for the first
+	// incarnation of a replica slot).
+	EnvInstanceGeneration = "ROLLBRIDGE_INSTANCE_GENERATION"
 )
 
 // InstanceID is the user-visible instance id: the process id, or
@@ -40,13 +45,22 @@ func (id Identity) InstanceID() string {
 	return id.Process
 }
 
+// UnitInstance is the instance component of the unit name: the instance id,
+// plus "#g<n>" for a generation n > 0.
+func (id Identity) UnitInstance() string {
+	if id.Generation > 0 {
+		return id.InstanceID() + "#g" + strconv.Itoa(id.Generation)
+	}
+	return id.InstanceID()
+}
+
 // UnitName returns the systemd unit name of the instance.
 func (id Identity) UnitName() string {
 	return strings.Join([]string{
 		unitPrefix,
 		EscapeComponent(id.App),
 		EscapeComponent(id.Release),
-		EscapeComponent(id.InstanceID()),
+		EscapeComponent(id.UnitInstance()),
 	}, "-") + ".service"
 }
 
@@ -81,6 +95,7 @@ func (id Identity) IdentityEnv() []string {
 		EnvReplicaIndex + "=" + strconv.Itoa(id.Replica),
 		EnvReplicaCount + "=" + strconv.Itoa(max(id.Replicas, 1)),
 		EnvInstanceID + "=" + id.InstanceID(),
+		EnvInstanceGeneration + "=" + strconv.Itoa(id.Generation),
 	}
 }
 
@@ -116,31 +131,49 @@ func IdentityFromEnv(env []string) (id Identity, ok bool) {
 	if id.Replicas < 1 {
 		id.Replicas = 1
 	}
+	if g, err := strconv.Atoi(m[EnvInstanceGeneration]); err == nil && g > 0 {
+		id.Generation = g
+	}
 	return id, id.App != "" && id.Process != ""
 }
 
 // ParseUnitName reverses UnitName. It returns the application, release and
-// instance id, or ok=false when name is not a Rollbridge instance unit.
+// instance id (without a generation suffix), or ok=false when name is not a
+// Rollbridge instance unit.
 func ParseUnitName(name string) (app, release, instance string, ok bool) {
+	app, release, instance, _, ok = ParseUnitNameGeneration(name)
+	return app, release, instance, ok
+}
+
+// ParseUnitNameGeneration is ParseUnitName that also returns the generation
+// ("web#2#g1" → instance "web#2", generation 1).
+func ParseUnitNameGeneration(name string) (app, release, instance string, generation int, ok bool) {
 	base, found := strings.CutSuffix(name, ".service")
 	if !found {
-		return "", "", "", false
+		return "", "", "", 0, false
 	}
 	parts := strings.Split(base, "-")
 	if len(parts) != 4 || parts[0] != unitPrefix {
-		return "", "", "", false
+		return "", "", "", 0, false
 	}
 	var err error
 	if app, err = UnescapeComponent(parts[1]); err != nil {
-		return "", "", "", false
+		return "", "", "", 0, false
 	}
 	if release, err = UnescapeComponent(parts[2]); err != nil {
-		return "", "", "", false
+		return "", "", "", 0, false
 	}
 	if instance, err = UnescapeComponent(parts[3]); err != nil {
-		return "", "", "", false
+		return "", "", "", 0, false
 	}
-	return app, release, instance, true
+	if i := strings.LastIndex(instance, "#g"); i > 0 {
+		g, err := strconv.Atoi(instance[i+2:])
+		if err != nil || g < 1 || strconv.Itoa(g) != instance[i+2:] {
+			return "", "", "", 0, false
+		}
+		instance, generation = instance[:i], g
+	}
+	return app, release, instance, generation, true
 }
 
 // EscapeComponent escapes s for use as one "-"-separated component of a unit

@@ -28,6 +28,10 @@ type Identity struct {
 	Replica int
 	// Replicas is the replica count, 1 for single processes.
 	Replicas int
+	// Generation numbers incarnations of one replica slot that may run side
+	// by side (a replacement starts before the instance it replaces stops);
+	// 0 for the first. It is part of the unit name, not of the instance id.
+	Generation int
 }
 
 // Grace is a graceful-stop window: after the stop signal the runner waits
@@ -64,7 +68,23 @@ type Spec struct {
 	// MemoryMax is an optional hard cgroup limit in bytes (0 = none); only
 	// managers with memory accounting enforce it.
 	MemoryMax uint64
+	// Notify makes the instance report readiness itself with the sd_notify
+	// protocol: the runner passes NOTIFY_SOCKET (systemd: Type=notify,
+	// NotifyAccess=all, so any process of the instance may send), and Start
+	// returns only once READY=1 arrived. An instance that exits first, or
+	// stays silent for StartTimeout, is stopped and Start fails.
+	Notify bool
+	// StartTimeout bounds the wait for READY=1 (0: DefaultStartTimeout).
+	StartTimeout time.Duration
 }
+
+// DefaultStartTimeout bounds the wait for READY=1 when Spec.StartTimeout
+// is 0.
+const DefaultStartTimeout = 90 * time.Second
+
+// ErrNotReady is matched (errors.Is) by the error of a Start with Notify
+// whose instance exited or timed out before sending READY=1.
+var ErrNotReady = errors.New("instance did not report READY=1")
 
 // State is an instance's coarse lifecycle state as a runner sees it.
 type State string
@@ -127,6 +147,9 @@ const (
 	// EventExited: the instance ended (any cause, requested or not). The
 	// caller decides whether it was a crash: a runner does not know.
 	EventExited EventKind = "exited"
+	// EventStatus: a Notify instance sent sd_notify STATUS=<text>
+	// (Event.Status).
+	EventStatus EventKind = "status"
 )
 
 // Event is one state change of one instance.
@@ -137,6 +160,8 @@ type Event struct {
 	PID      int
 	Exit     Exit // for EventExited
 	At       time.Time
+	// Status is the STATUS= text (EventStatus only).
+	Status string
 }
 
 // Stream tells which output stream a log line came from. journald does not
@@ -162,10 +187,11 @@ type Runner interface {
 	// Kind names the backend: "systemd" or "exec".
 	Kind() string
 	// Start launches the instance and returns once its main process has been
-	// executed (systemd Type=exec semantics). A spawn failure (missing
-	// directory, unexecutable program) is returned as an error and leaves
-	// nothing running. Starting a name that is already running fails with
-	// ErrAlreadyRunning.
+	// executed (systemd Type=exec semantics), or, with Spec.Notify, once it
+	// sent READY=1. A spawn failure (missing directory, unexecutable
+	// program) or, with Notify, an exit or timeout before READY=1
+	// (ErrNotReady) is returned as an error and leaves nothing running.
+	// Starting a name that is already running fails with ErrAlreadyRunning.
 	Start(ctx context.Context, spec Spec) (Status, error)
 	// Stop ends the instance gracefully: send sig (0 = do not signal, e.g.
 	// because a stop hook already asked the process to leave) to every
@@ -180,8 +206,9 @@ type Runner interface {
 	// List returns every instance of app the runner can see, including ones
 	// started by an earlier runner (re-adoption after a daemon restart).
 	List(ctx context.Context, app string) ([]Status, error)
-	// Watch streams Started/Exited events for every instance of this runner's
-	// application until ctx ends; the channel is closed then.
+	// Watch streams Started/Exited events (and Status events of Notify
+	// instances) for every instance of this runner's application until ctx
+	// ends; the channel is closed then.
 	Watch(ctx context.Context) (<-chan Event, error)
 	// Logs returns up to n most recent lines of the instance (oldest first).
 	Logs(ctx context.Context, name string, n int) ([]LogLine, error)

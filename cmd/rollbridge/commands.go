@@ -134,13 +134,13 @@ func (a *app) restartCommand() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "restart",
-		Short: "Restart companions, services or singletons in place, one at a time",
+		Short: "Restart companions, services or singletons in place, or replace proxied replicas, one at a time",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			switch policy {
-			case "", "companion", "singleton", "service":
+			case "", "companion", "singleton", "service", "proxied":
 			default:
-				fmt.Fprintln(a.stderr, "--policy must be one of: companion, singleton, service.")
+				fmt.Fprintln(a.stderr, "--policy must be one of: companion, singleton, service, proxied.")
 				return exitError{code: 1}
 			}
 			reply, _, err := a.call(cmd.Context(), path, control.Request{Command: control.CmdRestart, ProcessID: process, Policy: policy})
@@ -153,8 +153,8 @@ func (a *app) restartCommand() *cobra.Command {
 		},
 	}
 	addConfigFlag(cmd, &path)
-	cmd.Flags().StringVar(&process, "process", "", "process id (all replicas) or instance id such as worker#1")
-	cmd.Flags().StringVar(&policy, "policy", "", "companion, singleton or service")
+	cmd.Flags().StringVar(&process, "process", "", "process id (all replicas) or instance id such as worker#1 or web#2")
+	cmd.Flags().StringVar(&policy, "policy", "", "companion, singleton, service or proxied (proxied replicas are replaced start-first)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON even on a terminal")
 	return cmd
 }

@@ -73,6 +73,13 @@ type run struct {
 	done      chan struct{} // closed once exit is recorded
 	mainKey   procKey
 
+	// notify is the run's sd_notify socket (Spec.Notify), closed when the
+	// main process has been reaped.
+	notify *notifySocket
+	// silent: a start that failed waiting for READY=1; its exit is not
+	// published (its Started event never was).
+	silent bool
+
 	exit     *units.Exit
 	stopping bool // a Stop signalled the tree
 	stopSig  syscall.Signal
@@ -118,12 +125,31 @@ func (r *Runner) Start(ctx context.Context, spec units.Spec) (units.Status, erro
 		return units.Status{}, fmt.Errorf("start %s: %w", name, err)
 	}
 
-	inst, err := r.reserve(name, spec.OutputLines)
+	inst, err := r.reserve(name, spec.Identity, spec.OutputLines)
 	if err != nil {
 		return units.Status{}, fmt.Errorf("start %s: %w", name, err)
 	}
 	defer r.inflight.Done()
 
+	var ns *notifySocket
+	if spec.Notify {
+		if ns, err = newNotifySocket(cmd.SysProcAttr.Credential); err != nil {
+			r.mu.Lock()
+			inst.starting = false
+			if inst.run == nil {
+				delete(r.instances, name)
+			}
+			r.mu.Unlock()
+			return units.Status{}, fmt.Errorf("start %s: notify socket: %w", name, err)
+		}
+		ns.setOnStatus(func(text string) {
+			if _, rn := r.lookup(name); rn != nil && rn.notify == ns {
+				r.events.publish(units.Event{Kind: units.EventStatus, Name: name, Identity: rn.id, PID: rn.pid, At: time.Now(), Status: text})
+			}
+		})
+		go ns.serve()
+		cmd.Env = withNotifySocket(cmd.Env, ns.path)
+	}
 	rn, err := spawn(cmd, spec)
 	r.mu.Lock()
 	inst.starting = false
@@ -132,15 +158,21 @@ func (r *Runner) Start(ctx context.Context, spec units.Spec) (units.Status, erro
 			delete(r.instances, name) // never ran: leave no record
 		}
 		r.mu.Unlock()
+		if ns != nil {
+			ns.close()
+		}
 		return units.Status{}, fmt.Errorf("start %s: %w", name, err)
 	}
+	rn.notify = ns
 	inst.run = rn
 	for _, f := range rn.outputs {
 		r.pipes[f] = struct{}{}
 	}
 	r.mu.Unlock()
 
-	r.events.publish(units.Event{Kind: units.EventStarted, Name: name, Identity: rn.id, PID: rn.pid, At: rn.startedAt})
+	if ns == nil {
+		r.events.publish(units.Event{Kind: units.EventStarted, Name: name, Identity: rn.id, PID: rn.pid, At: rn.startedAt})
+	}
 	r.wg.Add(len(rn.outputs) + 1)
 	for i, f := range rn.outputs {
 		stream := units.Stdout
@@ -157,6 +189,12 @@ func (r *Runner) Start(ctx context.Context, spec units.Spec) (units.Status, erro
 		}()
 	}
 	go r.watch(name, rn)
+	if ns != nil {
+		if err := r.awaitReady(ctx, name, rn, spec.StartTimeout); err != nil {
+			return units.Status{}, err
+		}
+		r.events.publish(units.Event{Kind: units.EventStarted, Name: name, Identity: rn.id, PID: rn.pid, At: rn.startedAt})
+	}
 
 	return units.Status{
 		Name: name, Identity: rn.id, State: units.StateRunning,
@@ -164,14 +202,44 @@ func (r *Runner) Start(ctx context.Context, spec units.Spec) (units.Status, erro
 	}, nil
 }
 
+// awaitReady waits for the run's READY=1. When the instance exits first, or
+// timeout (default units.DefaultStartTimeout) or ctx ends, the instance is
+// killed and its exit is not reported: the start failed.
+func (r *Runner) awaitReady(ctx context.Context, name string, rn *run, timeout time.Duration) error {
+	if timeout <= 0 {
+		timeout = units.DefaultStartTimeout
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	var why error
+	select {
+	case <-rn.notify.ready:
+		return nil
+	case <-rn.done:
+		why = fmt.Errorf("exited before sending READY=1: %w", units.ErrNotReady)
+	case <-t.C:
+		why = fmt.Errorf("sent no READY=1 within %v: %w", timeout, units.ErrNotReady)
+	case <-ctx.Done():
+		why = fmt.Errorf("waiting for READY=1: %w", ctx.Err())
+	}
+	r.mu.Lock()
+	rn.silent = true
+	r.mu.Unlock()
+	kctx, cancel := context.WithTimeout(context.Background(), 2*units.KillWait)
+	defer cancel()
+	_ = r.Stop(kctx, name, syscall.SIGKILL, units.Grace{Timeout: units.KillWait})
+	return fmt.Errorf("start %s: %w", name, why)
+}
+
 // reserve marks name as starting, or fails when it runs already or the
 // runner is closed. On success the caller must call r.inflight.Done.
-func (r *Runner) reserve(name string, outputLines int) (*instance, error) {
+func (r *Runner) reserve(name string, id units.Identity, outputLines int) (*instance, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
 		return nil, ErrClosed
 	}
+	r.forgetGenerationsLocked(name, id)
 	inst := r.instances[name]
 	if inst == nil {
 		inst = &instance{name: name, log: newRing(outputLines)}
@@ -184,6 +252,22 @@ func (r *Runner) reserve(name string, outputLines int) (*instance, error) {
 	inst.starting = true
 	r.inflight.Add(1)
 	return inst, nil
+}
+
+// forgetGenerationsLocked drops the records of ended incarnations of the
+// same replica slot under other generations (replacements create a new
+// name each time; without this the records would pile up).
+func (r *Runner) forgetGenerationsLocked(name string, id units.Identity) {
+	for n, inst := range r.instances {
+		rn := inst.run
+		if n == name || inst.starting || rn == nil || rn.exit == nil {
+			continue
+		}
+		o := rn.id
+		if o.App == id.App && o.Release == id.Release && o.Process == id.Process && o.Replica == id.Replica && o.Generation != id.Generation {
+			delete(r.instances, n)
+		}
+	}
 }
 
 // normalize validates spec and fills the defaults.
@@ -220,7 +304,9 @@ func (r *Runner) normalize(spec units.Spec) (units.Spec, error) {
 	if spec.OutputLines <= 0 {
 		spec.OutputLines = DefaultOutputLines
 	}
-	spec.Env = units.WithIdentityEnv(spec.Env, spec.Identity)
+	// NOTIFY_SOCKET of the daemon's own manager must not reach an
+	// instance; a Notify instance gets its own.
+	spec.Env = withoutNotifySocket(units.WithIdentityEnv(spec.Env, spec.Identity))
 	spec.Argv = slices.Clone(spec.Argv)
 	return spec, nil
 }
@@ -349,9 +435,15 @@ func (r *Runner) watch(name string, rn *run) {
 	r.mu.Lock()
 	rn.exit = &ex
 	delete(rn.known, rn.mainKey) // reaped: its pid may be reused from now on
+	silent := rn.silent
 	r.mu.Unlock()
+	if rn.notify != nil {
+		rn.notify.close()
+	}
 	close(rn.done)
-	r.events.publish(units.Event{Kind: units.EventExited, Name: name, Identity: rn.id, PID: rn.pid, Exit: ex, At: time.Now()})
+	if !silent {
+		r.events.publish(units.Event{Kind: units.EventExited, Name: name, Identity: rn.id, PID: rn.pid, Exit: ex, At: time.Now()})
+	}
 }
 
 func exitOf(ps *os.ProcessState, err error) units.Exit {

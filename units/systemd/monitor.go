@@ -113,6 +113,12 @@ func (m *monitor) handle(ev dbusctl.UnitEvent) {
 		}
 	case dbusctl.UnitRemoved:
 		m.wake(ev.Unit)
+	case dbusctl.UnitStatus:
+		if p, ok := m.pending[ev.Unit]; ok {
+			p.events = append(p.events, ev)
+			return
+		}
+		m.deliver(ev)
 	case dbusctl.UnitStarted, dbusctl.UnitExited:
 		if t, ok := m.drop[ev.Unit]; ok && ev.Start.Equal(t) {
 			return
@@ -128,6 +134,8 @@ func (m *monitor) handle(ev dbusctl.UnitEvent) {
 func (m *monitor) deliver(ev dbusctl.UnitEvent) {
 	id := m.identityFor(ev.Unit)
 	switch ev.Kind {
+	case dbusctl.UnitStatus:
+		m.broadcast(units.Event{Kind: units.EventStatus, Name: ev.Unit, Identity: id, PID: ev.PID, At: ev.At, Status: ev.Status})
 	case dbusctl.UnitStarted:
 		m.broadcast(units.Event{Kind: units.EventStarted, Name: ev.Unit, Identity: id, PID: ev.PID, At: ev.At})
 	case dbusctl.UnitExited:
@@ -182,6 +190,16 @@ func (m *monitor) beginStart(name string, id units.Identity) {
 	m.idents[name] = id
 	delete(m.exits, name)
 	delete(m.stopping, name)
+	// Replacements start each incarnation under a new name: forget the
+	// ended ones of the same replica slot so these maps do not grow.
+	for n, o := range m.idents {
+		if _, ended := m.exits[n]; ended && n != name && o.App == id.App && o.Release == id.Release &&
+			o.Process == id.Process && o.Replica == id.Replica && o.Generation != id.Generation {
+			delete(m.idents, n)
+			delete(m.exits, n)
+			delete(m.stopping, n)
+		}
+	}
 	m.mu.Unlock()
 	m.call(func() {
 		delete(m.drop, name)
@@ -209,7 +227,7 @@ func (m *monitor) endStart(name string, jerr *dbusctl.JobError) {
 		}
 		kept := p.events[:0]
 		for _, ev := range p.events {
-			if failed.IsZero() || !ev.Start.Equal(failed) {
+			if failed.IsZero() || !ev.Start.Equal(failed) && ev.Kind != dbusctl.UnitStatus {
 				kept = append(kept, ev)
 			}
 		}

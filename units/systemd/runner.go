@@ -153,6 +153,15 @@ func (r *Runner) Start(ctx context.Context, spec units.Spec) (units.Status, erro
 	switch {
 	case err == nil:
 		r.mon.endStart(name, nil)
+	case spec.Notify && errors.As(err, &jerr) && jerr.Spawned():
+		// With Type=notify a process that ran but failed the job ended (or
+		// was stopped at TimeoutStartSec) before READY=1: a failed start.
+		r.mon.endStart(name, jerr)
+		why := "exited before sending READY=1"
+		if jerr.UnitResult == "timeout" {
+			why = fmt.Sprintf("sent no READY=1 within %v", startTimeout(spec))
+		}
+		return units.Status{}, fmt.Errorf("start %s: %s (systemd: %s): %w", name, why, jerr.Reason(), units.ErrNotReady)
 	case errors.As(err, &jerr) && jerr.Spawned():
 		// The program ran and ended before systemd saw the exec complete:
 		// a start followed by an immediate exit, reported through Watch.
@@ -293,11 +302,11 @@ func (r *Runner) transientSpec(spec units.Spec) dbusctl.TransientSpec {
 	}
 	ts := dbusctl.TransientSpec{
 		Name:             id.UnitName(),
-		Description:      fmt.Sprintf("rollbridge %s %s %s", id.App, id.Release, id.InstanceID()),
+		Description:      fmt.Sprintf("rollbridge %s %s %s", id.App, id.Release, id.UnitInstance()),
 		Slice:            id.Slice(),
 		Argv:             argv,
 		WorkingDirectory: spec.Dir,
-		Environment:      units.WithIdentityEnv(spec.Env, id),
+		Environment:      withoutNotifySocket(units.WithIdentityEnv(spec.Env, id)),
 		KillSignal:       spec.StopSignal,
 		SyslogIdentifier: ident,
 		LogExtraFields: []string{
@@ -309,6 +318,9 @@ func (r *Runner) transientSpec(spec units.Spec) dbusctl.TransientSpec {
 		Group:     spec.Group,
 		MemoryMax: spec.MemoryMax,
 	}
+	if spec.Notify {
+		ts.Notify, ts.TimeoutStart = true, startTimeout(spec)
+	}
 	// TimeoutStopSec/SendSIGKILL govern the manager's own stop (after the
 	// main process exits on its own, or a StopUnit); Stop enforces the
 	// grace it is given itself.
@@ -319,6 +331,28 @@ func (r *Runner) transientSpec(spec units.Spec) dbusctl.TransientSpec {
 		ts.TimeoutStop = spec.Grace.Timeout
 	}
 	return ts
+}
+
+// withoutNotifySocket drops NOTIFY_SOCKET from an instance environment: the
+// daemon's own value (when it runs as a Type=notify service) would point
+// the instance at the daemon's manager socket, and for a Type=notify unit an
+// Environment= entry would even override the socket systemd sets.
+func withoutNotifySocket(env []string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, "NOTIFY_SOCKET=") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// startTimeout is the READY=1 bound of a Notify spec.
+func startTimeout(spec units.Spec) time.Duration {
+	if spec.StartTimeout > 0 {
+		return spec.StartTimeout
+	}
+	return units.DefaultStartTimeout
 }
 
 // Signal sends sig to every process of the instance.

@@ -97,8 +97,7 @@ func identityFromProps(name string, p dbusctl.UnitProperties) (units.Identity, b
 	if !ok {
 		return units.Identity{}, false
 	}
-	app, release, instance, ok := units.ParseUnitName(name)
-	if !ok || app != id.App || release != id.Release || instance != id.InstanceID() {
+	if id.UnitName() != name {
 		return units.Identity{}, false
 	}
 	return id, true
@@ -108,8 +107,8 @@ func identityFromProps(name string, p dbusctl.UnitProperties) (units.Identity, b
 // readable: the replica count of "worker#2" is unknown, so it is reported
 // as the smallest consistent value.
 func identityFromName(name string) units.Identity {
-	app, release, instance, _ := units.ParseUnitName(name)
-	id := units.Identity{App: app, Release: release, Process: instance, Replicas: 1}
+	app, release, instance, generation, _ := units.ParseUnitNameGeneration(name)
+	id := units.Identity{App: app, Release: release, Process: instance, Replicas: 1, Generation: generation}
 	if i := strings.LastIndexByte(instance, '#'); i > 0 {
 		if n, err := strconv.Atoi(instance[i+1:]); err == nil {
 			id.Process, id.Replica, id.Replicas = instance[:i], n, max(n+1, 2)

@@ -52,6 +52,7 @@ type fakeWorld struct {
 type fakeInst struct {
 	name     string
 	id       units.Identity
+	env      []string // the environment as started (Status.Env)
 	pid      int
 	started  time.Time
 	stopping bool
@@ -123,6 +124,19 @@ func (f *Fake) Exit(name string, e units.Exit) error {
 	return nil
 }
 
+// SendStatus emits EventStatus for the running instance name, as if it had
+// sent sd_notify STATUS=text.
+func (f *Fake) SendStatus(name, text string) error {
+	f.w.mu.Lock()
+	defer f.w.mu.Unlock()
+	in := f.w.insts[name]
+	if in == nil || in.exit != nil {
+		return fmt.Errorf("fake status %s: not running", name)
+	}
+	f.w.publishLocked(units.Event{Kind: units.EventStatus, Name: name, Identity: in.id, PID: in.pid, At: time.Now(), Status: text})
+	return nil
+}
+
 // Output appends lines to the instance's log.
 func (f *Fake) Output(name string, stream units.Stream, lines ...string) error {
 	f.w.mu.Lock()
@@ -187,6 +201,7 @@ func (f *Fake) Start(ctx context.Context, spec units.Spec) (units.Status, error)
 		in.capacity = 50
 	}
 	in.id, in.pid, in.started = spec.Identity, w.nextPID, now
+	in.env = units.WithIdentityEnv(spec.Env, spec.Identity)
 	in.stopping, in.stopSig, in.exit, in.done = false, 0, nil, make(chan struct{})
 	w.nextPID++
 	w.publishLocked(units.Event{Kind: units.EventStarted, Name: name, Identity: in.id, PID: in.pid, At: now})
@@ -386,7 +401,7 @@ func (w *fakeWorld) exitLocked(in *fakeInst, e units.Exit) {
 }
 
 func (in *fakeInst) statusLocked() units.Status {
-	st := units.Status{Name: in.name, Identity: in.id, StartedAt: in.started}
+	st := units.Status{Name: in.name, Identity: in.id, StartedAt: in.started, Env: slices.Clone(in.env)}
 	switch {
 	case in.exit != nil:
 		e := *in.exit

@@ -88,6 +88,7 @@ func RunSuite(t *testing.T, h Harness) {
 		{"List", testList},
 		{"Readopt", testReadopt},
 		{"Concurrency", testConcurrency},
+		{"NotifyReadiness", testNotifyReadiness},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -45,6 +45,10 @@ const EnvWorkload = "ROLLBRIDGE_TEST_WORKLOAD"
 //	                   EXIT=1, else runs until killed.
 //	env                write {"cwd":…, "env":[…], "pid":…} as JSON to OUT,
 //	                   run until killed.
+//	notify             write $NOTIFY_SOCKET to SOCKFILE and the pid to
+//	                   PIDFILE (if set), sleep DELAY_MS, then exit with CODE
+//	                   if EXIT=1, else send sd_notify READY=1 (unless
+//	                   NOREADY=1) and run until killed.
 //	serve-http         serve HTTP on 127.0.0.1:PORT: GET /health answers 503
 //	                   until HEALTHY_AFTER_MS have passed, then 200; any other
 //	                   path answers "release=<ROLLBRIDGE_RELEASE_ID>
@@ -58,6 +62,7 @@ const (
 	ModePrint           = "print"
 	ModeEnv             = "env"
 	ModeServeHTTP       = "serve-http"
+	ModeNotify          = "notify"
 
 	// modeSpawnOrphan is the intermediate of fork-setsid-child ORPHAN=1.
 	modeSpawnOrphan = "spawn-orphan"
@@ -122,6 +127,8 @@ func runWorkload(mode string) error {
 		return workloadEnv()
 	case ModeServeHTTP:
 		return workloadServe()
+	case ModeNotify:
+		return workloadNotify()
 	}
 	return fmt.Errorf("unknown workload mode %q", mode)
 }
@@ -144,6 +151,39 @@ func envInt(key string, def int) int {
 		return v
 	}
 	return def
+}
+
+func workloadNotify() error {
+	sock := os.Getenv("NOTIFY_SOCKET")
+	for k, v := range map[string]string{"SOCKFILE": sock, "PIDFILE": strconv.Itoa(os.Getpid())} {
+		if p := os.Getenv(k); p != "" {
+			if err := writeFileAtomic(p, []byte(v)); err != nil {
+				return err
+			}
+		}
+	}
+	time.Sleep(time.Duration(envInt("DELAY_MS", 0)) * time.Millisecond)
+	if os.Getenv("EXIT") == "1" {
+		os.Exit(envInt("CODE", 0))
+	}
+	if os.Getenv("NOREADY") != "1" {
+		if sock == "" {
+			return errors.New("NOTIFY_SOCKET is not set")
+		}
+		if strings.HasPrefix(sock, "@") {
+			sock = "\x00" + sock[1:]
+		}
+		c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: sock, Net: "unixgram"})
+		if err != nil {
+			return err
+		}
+		if _, err := c.Write([]byte("STATUS=almost\nREADY=1")); err != nil {
+			return err
+		}
+		c.Close()
+	}
+	sleepForever()
+	return nil
 }
 
 func workloadExit() error {
