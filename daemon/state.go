@@ -9,10 +9,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/rollbridge/rollbridge/release"
+	"github.com/rollbridge/rollbridge/statefile"
 )
 
 // stateInterval is how often the snapshot is rewritten (spec §8.1).
@@ -149,74 +149,16 @@ func sanitize(v any) any {
 }
 
 // orphan is a process of a previous daemon that is still alive (spec §8.2).
-type orphan struct {
-	ID        string  `json:"id"`
-	PID       int     `json:"pid"`
-	ReleaseID *string `json:"releaseId"`
-}
+type orphan = statefile.Process
 
 // readOrphans lists live processes recorded in a previous daemon's snapshot.
 // A missing or unparsable file yields none.
 func readOrphans(path string) []orphan {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return nil
-	}
-	var snap struct {
-		Orphans  []json.RawMessage `json:"orphans"`
-		Releases []struct {
-			ReleaseID string `json:"releaseId"`
-			Processes []struct {
-				ID  string   `json:"id"`
-				PID *float64 `json:"pid"`
-			} `json:"processes"`
-		} `json:"releases"`
-		Services   []namedPID `json:"services"`
-		Singletons []namedPID `json:"singletons"`
-	}
-	if json.Unmarshal(raw, &snap) != nil {
-		return nil
-	}
-	var out []orphan
-	for _, o := range snap.Orphans {
-		var e orphan
-		if json.Unmarshal(o, &e) == nil && e.ID != "" && e.PID > 0 && alive(e.PID) {
-			out = append(out, e)
-		}
-	}
-	for _, r := range snap.Releases {
-		for _, p := range r.Processes {
-			if p.PID != nil && alive(int(*p.PID)) {
-				rel := r.ReleaseID
-				out = append(out, orphan{ID: p.ID, PID: int(*p.PID), ReleaseID: &rel})
-			}
-		}
-	}
-	for _, list := range [][]namedPID{snap.Services, snap.Singletons} {
-		for _, s := range list {
-			if s.Process.PID != nil && alive(int(*s.Process.PID)) {
-				out = append(out, orphan{ID: s.ID, PID: int(*s.Process.PID)})
-			}
-		}
-	}
-	return out
-}
-
-type namedPID struct {
-	ID      string `json:"id"`
-	Process struct {
-		PID *float64 `json:"pid"`
-	} `json:"process"`
+	return statefile.LiveProcesses(path, alive)
 }
 
 // alive: signal 0 succeeds or fails with EPERM (exists, other owner).
-func alive(pid int) bool {
-	if pid <= 0 {
-		return false
-	}
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
-}
+func alive(pid int) bool { return statefile.Alive(pid) }
 
 // orphanSet holds the prior daemon's live processes; dead ones are pruned
 // permanently on every read (spec §6.5).

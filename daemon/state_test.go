@@ -64,19 +64,29 @@ func TestStateStoreWritesSanitizedAtomically(t *testing.T) {
 }
 
 func TestReadOrphans(t *testing.T) {
-	sleeper := exec.Command("sleep", "60")
-	if err := sleeper.Start(); err != nil {
-		t.Fatal(err)
+	var live []int
+	var sleepers []*exec.Cmd
+	for range 3 {
+		c := exec.Command("sleep", "60")
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		sleepers = append(sleepers, c)
+		live = append(live, c.Process.Pid)
 	}
-	t.Cleanup(func() { sleeper.Process.Kill(); sleeper.Wait() })
-	live := sleeper.Process.Pid
+	t.Cleanup(func() {
+		for _, c := range sleepers {
+			c.Process.Kill()
+			c.Wait()
+		}
+	})
 	dead := exec.Command("true")
 	dead.Run()
 	deadPID := dead.ProcessState.Pid()
 	snap := map[string]any{
-		"orphans":    []any{map[string]any{"id": "old", "pid": live, "releaseId": nil}, map[string]any{"id": "gone", "pid": deadPID}},
-		"releases":   []any{map[string]any{"releaseId": "v1", "processes": []any{map[string]any{"id": "web", "pid": live}, map[string]any{"id": "w2", "pid": deadPID}}}},
-		"services":   []any{map[string]any{"id": "beacon", "process": map[string]any{"pid": live}}},
+		"orphans":    []any{map[string]any{"id": "old", "pid": live[0], "releaseId": nil}, map[string]any{"id": "gone", "pid": deadPID, "releaseId": nil}},
+		"releases":   []any{map[string]any{"releaseId": "v1", "processes": []any{map[string]any{"id": "web", "pid": live[1]}, map[string]any{"id": "w2", "pid": deadPID}}}},
+		"services":   []any{map[string]any{"id": "beacon", "process": map[string]any{"pid": live[2]}}},
 		"singletons": []any{map[string]any{"id": "cron", "process": map[string]any{}}},
 	}
 	raw, _ := json.Marshal(snap)
@@ -94,8 +104,10 @@ func TestReadOrphans(t *testing.T) {
 		t.Error("malformed snapshot yielded orphans")
 	}
 	set := orphanSet{list: got}
-	sleeper.Process.Kill()
-	sleeper.Wait()
+	for _, c := range sleepers {
+		c.Process.Kill()
+		c.Wait()
+	}
 	if l := set.live(); len(l) != 0 {
 		t.Errorf("dead orphans not pruned: %+v", l)
 	}
