@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestMetricsAcrossDeploy scrapes the Prometheus endpoint before and after a
@@ -29,12 +30,23 @@ func TestMetricsAcrossDeploy(t *testing.T) {
 		for range 20 {
 			get(e.proxyURL("/"))
 		}
-		before := scrape()
+		// An exchange is counted when it ends, just after the client got
+		// its response: wait for the last one.
+		settled := func(metric string, want float64) string {
+			var body string
+			e.waitFor(metric+" to reach its value", 5*time.Second, func() bool {
+				body = scrape()
+				v, ok := sample(body, metric)
+				return ok && v >= want
+			})
+			return body
+		}
+		before := settled(`rollbridge_proxy_requests_total{class="2xx",release="v1"}`, 20)
 		e.deploy("v2")
 		for range 30 {
 			get(e.proxyURL("/"))
 		}
-		after := scrape()
+		after := settled(`rollbridge_proxy_requests_total{class="2xx",release="v2"}`, 30)
 		checks := []struct {
 			metric      string
 			wantBefore  float64

@@ -154,7 +154,7 @@ func (r *releaseRec) staleReplicas() []staleReplica {
 	newest := map[int]*instance{}
 	ins := r.list()
 	for _, in := range ins {
-		if in.def.Policy != config.Proxied {
+		if in.def.Load().Policy != config.Proxied {
 			continue
 		}
 		if cur := newest[in.replica]; cur == nil || in.generation > cur.generation {
@@ -163,7 +163,7 @@ func (r *releaseRec) staleReplicas() []staleReplica {
 	}
 	var out []staleReplica
 	for _, in := range ins {
-		if in.def.Policy == config.Proxied && newest[in.replica] != in {
+		if in.def.Load().Policy == config.Proxied && newest[in.replica] != in {
 			in.setInRotation(false)
 			out = append(out, staleReplica{r, in})
 		}
@@ -249,7 +249,7 @@ func (m *Manager) adoptReleases(cfg *config.Config, prior *PriorState, byRelease
 func (m *Manager) pickActive(prior *PriorState, recs []*releaseRec) *releaseRec {
 	hasProxied := func(r *releaseRec) bool {
 		for _, in := range r.list() {
-			if in.def.Policy == config.Proxied {
+			if in.def.Load().Policy == config.Proxied {
 				return true
 			}
 		}
@@ -268,7 +268,7 @@ func (m *Manager) pickActive(prior *PriorState, recs []*releaseRec) *releaseRec 
 	var bestAt time.Time
 	for _, r := range recs {
 		for _, in := range r.list() {
-			if in.def.Policy == config.Proxied && in.startedAt.After(bestAt) {
+			if in.def.Load().Policy == config.Proxied && in.startedAt.After(bestAt) {
 				best, bestAt = r, in.startedAt
 			}
 		}
@@ -290,7 +290,7 @@ func (m *Manager) adoptInto(rec *releaseRec, cfg *config.Config, live []units.St
 	for _, st := range live {
 		if in := m.adoptInstance(cfg, st, rec, prior, res); in != nil {
 			rec.instances = append(rec.instances, in)
-			if in.def.Policy == config.Proxied {
+			if in.def.Load().Policy == config.Proxied {
 				// A running replica of a live release was serving: it is
 				// in the pool again.
 				in.inRotation = in.port != 0
@@ -336,7 +336,8 @@ func (m *Manager) adoptInstance(cfg *config.Config, st units.Status, sc scope, p
 	if err != nil {
 		// The current config no longer renders for this release (e.g. a new
 		// {{env.X}}); keep supervising the unit with what it runs.
-		in = &instance{m: m, id: def.InstanceID(st.Identity.Replica), replica: st.Identity.Replica, generation: gen, scope: sc, def: def, rc: rc}
+		in = &instance{m: m, id: def.InstanceID(st.Identity.Replica), replica: st.Identity.Replica, generation: gen, scope: sc, rc: rc}
+		in.def.Store(def)
 		if ownPortErr == nil {
 			in.port = ownPort
 		}

@@ -194,7 +194,7 @@ func (m *Manager) stablePorts() map[string]int {
 	for _, s := range m.services {
 		s.mu.Lock()
 		if s.built.HasPort {
-			out[s.def.ID] = s.built.Port
+			out[s.def.Load().ID] = s.built.Port
 		}
 		s.mu.Unlock()
 	}
@@ -303,7 +303,7 @@ func (m *Manager) service(id string) *instance {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, s := range m.services {
-		if s.def.ID == id {
+		if s.def.Load().ID == id {
 			return s
 		}
 	}
@@ -439,7 +439,7 @@ func (m *Manager) startProxied(ctx context.Context, rec *releaseRec, def *config
 // one (READY=1 was already awaited by the start).
 func (m *Manager) checkReady(ctx context.Context, in *instance) error {
 	in.mu.Lock()
-	h, port, host := in.def.Health, in.port, in.rc.Proxy.UpstreamHost
+	h, port, host := in.def.Load().Health, in.port, in.rc.Proxy.UpstreamHost
 	in.mu.Unlock()
 	if h == nil || h.Path == "" || m.health == nil || port == 0 {
 		return nil
@@ -483,14 +483,14 @@ func (m *Manager) refreshServices(cfg *config.Config, rc config.ReleaseContext) 
 	services := append([]*instance(nil), m.services...)
 	m.mu.Unlock()
 	for _, s := range services {
-		def := cfg.Process(s.def.ID)
+		def := cfg.Process(s.def.Load().ID)
 		if def == nil {
 			continue
 		}
 		src := rc
 		// A persistent service keeps its stable port.
 		if err := s.refresh(def, src); err != nil {
-			m.log.Warn("refresh service definition", "service", s.def.ID, "error", err)
+			m.log.Warn("refresh service definition", "service", s.def.Load().ID, "error", err)
 		}
 	}
 }
@@ -526,7 +526,7 @@ func (m *Manager) singleton(id string) *instance {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, s := range m.singletons {
-		if s.def.ID == id {
+		if s.def.Load().ID == id {
 			return s
 		}
 	}
@@ -537,7 +537,7 @@ func (m *Manager) setSingleton(in *instance) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for i, s := range m.singletons {
-		if s.def.ID == in.def.ID {
+		if s.def.Load().ID == in.def.Load().ID {
 			m.singletons[i] = in
 			return
 		}

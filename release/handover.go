@@ -104,7 +104,7 @@ func (m *Manager) Quiesce(ctx context.Context) {
 		}
 		in.stopRequested = true
 		in.quieted = true
-		live, def, env, cwd, pid := in.pid != 0, in.def, in.built.Env, in.built.Cwd, in.pid
+		live, def, env, cwd, pid := in.pid != 0, in.def.Load(), in.built.Env, in.built.Cwd, in.pid
 		in.mu.Unlock()
 		if !live || def.Lifecycle.QuietCommand == "" {
 			continue

@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -52,7 +53,7 @@ type instance struct {
 	mu sync.Mutex
 	// def is the current definition; refresh swaps it without touching the
 	// running process (spec §1.4 persistent services, §2.15).
-	def *config.Process
+	def atomic.Pointer[config.Process]
 	// rc is the release context the instance is rendered in.
 	rc config.ReleaseContext
 	// built is the rendered command/cwd/env of the current definition.
@@ -119,7 +120,8 @@ func newInstance(m *Manager, def *config.Process, rc config.ReleaseContext, repl
 // newInstanceGen builds generation gen of a replica slot (see
 // instance.generation).
 func newInstanceGen(m *Manager, def *config.Process, rc config.ReleaseContext, replica, gen int, sc scope) (*instance, error) {
-	in := &instance{m: m, id: def.InstanceID(replica), replica: replica, generation: gen, scope: sc, def: def, rc: rc, state: stateStopped}
+	in := &instance{m: m, id: def.InstanceID(replica), replica: replica, generation: gen, scope: sc, rc: rc, state: stateStopped}
+	in.def.Store(def)
 	if err := in.render(); err != nil {
 		return nil, err
 	}
@@ -128,7 +130,7 @@ func newInstanceGen(m *Manager, def *config.Process, rc config.ReleaseContext, r
 
 // render builds command/cwd/env from the current definition and context.
 func (in *instance) render() error {
-	built, err := in.def.Build(in.rc, in.replica)
+	built, err := in.def.Load().Build(in.rc, in.replica)
 	if err != nil {
 		return err
 	}
@@ -142,7 +144,7 @@ func (in *instance) render() error {
 }
 
 func (in *instance) identity() units.Identity {
-	id := in.def.Identity(in.rc.Application, in.rc.ReleaseID, in.replica)
+	id := in.def.Load().Identity(in.rc.Application, in.rc.ReleaseID, in.replica)
 	id.Generation = in.generation
 	return id
 }
@@ -180,7 +182,7 @@ func (in *instance) setInRotation(on bool) bool {
 
 // release returns the release a proxied replica belongs to, or nil.
 func (in *instance) release() *releaseRec {
-	if in.def.Policy != config.Proxied {
+	if in.def.Load().Policy != config.Proxied {
 		return nil
 	}
 	rec, _ := in.scope.(*releaseRec)
@@ -208,7 +210,7 @@ func (in *instance) rejoin(ctx context.Context) {
 	}
 	if in.setInRotation(true) {
 		in.m.reroute(rec)
-		if in.def.Replicas > 1 {
+		if in.def.Load().Replicas > 1 {
 			in.emit("replica in rotation", map[string]any{"id": in.id})
 		}
 	}
@@ -219,10 +221,12 @@ func (in *instance) rejoin(ctx context.Context) {
 func (in *instance) refresh(def *config.Process, rc config.ReleaseContext) error {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	oldDef, oldRC, oldBuilt, oldUnit := in.def, in.rc, in.built, in.unit
-	in.def, in.rc = def, rc
+	oldDef, oldRC, oldBuilt, oldUnit := in.def.Load(), in.rc, in.built, in.unit
+	in.def.Store(def)
+	in.rc = rc
 	if err := in.render(); err != nil {
-		in.def, in.rc, in.built, in.unit = oldDef, oldRC, oldBuilt, oldUnit
+		in.def.Store(oldDef)
+		in.rc, in.built, in.unit = oldRC, oldBuilt, oldUnit
 		return err
 	}
 	if in.pid != 0 {
@@ -313,11 +317,11 @@ func (in *instance) specLocked() units.Spec {
 		Command:     in.built.Command,
 		Dir:         in.built.Cwd,
 		Env:         in.built.Env,
-		StopSignal:  in.def.StopSignal,
-		Grace:       in.def.GracefulStop,
-		OutputLines: in.def.OutputLines,
+		StopSignal:  in.def.Load().StopSignal,
+		Grace:       in.def.Load().GracefulStop,
+		OutputLines: in.def.Load().OutputLines,
 	}
-	if h := in.def.Health; h != nil && h.Notify {
+	if h := in.def.Load().Health; h != nil && h.Notify {
 		// health.startDelayMs + timeoutMs bound the wait for READY=1.
 		spec.Notify, spec.StartTimeout = true, max(h.StartDelay+h.Timeout, time.Second)
 	}
@@ -361,7 +365,7 @@ func (in *instance) onExit(ev units.Event) {
 	if rec := in.release(); leftRotation && rec != nil {
 		// Out of the pool at once: new requests go to the live replicas.
 		in.m.reroute(rec)
-		if in.def.Replicas > 1 {
+		if in.def.Load().Replicas > 1 {
 			in.emit("replica out of rotation", map[string]any{"id": in.id})
 		}
 	}
@@ -402,7 +406,7 @@ func restartDelay(def *config.Process, n int) time.Duration {
 // scheduleRestart applies the crash-restart policy (spec §5.4).
 func (in *instance) scheduleRestart() {
 	in.mu.Lock()
-	def := in.def
+	def := in.def.Load()
 	var delay time.Duration
 	fast := def.Restart.MaxRestarts == nil && def.Restart.BackoffFactor == 1
 	if fast {
@@ -468,7 +472,7 @@ const startTimeout = 60 * time.Second
 func (in *instance) startBound() time.Duration {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	if h := in.def.Health; h != nil && h.Notify {
+	if h := in.def.Load().Health; h != nil && h.Notify {
 		return max(startTimeout, h.StartDelay+h.Timeout+30*time.Second)
 	}
 	return startTimeout
@@ -511,7 +515,7 @@ func (in *instance) stop(ctx context.Context) error {
 	done := make(chan struct{})
 	in.stopDone = done
 	unit, pid := in.unit, in.pid
-	def := in.def
+	def := in.def.Load()
 	env := in.built.Env
 	cwd := in.built.Cwd
 	seen := in.exitSeen

@@ -276,7 +276,7 @@ func (r *releaseRec) route() Route {
 	}
 	var ins []*instance
 	for _, in := range r.list() {
-		if in.def.Policy == config.Proxied {
+		if in.def.Load().Policy == config.Proxied {
 			ins = append(ins, in)
 		}
 	}

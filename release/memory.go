@@ -21,12 +21,12 @@ import (
 // startSampler begins sampling the current incarnation; the caller holds
 // in.mu. The sampler ends with cancel (stop, exit) or its context.
 func (in *instance) startSamplerLocked() {
-	if in.def.Memory == nil || in.samplerCancel != nil {
+	if in.def.Load().Memory == nil || in.samplerCancel != nil {
 		return
 	}
 	ctx, cancel := context.WithCancel(in.m.ctx)
 	in.samplerCancel = cancel
-	interval, unit := in.def.Memory.CheckInterval, in.unit
+	interval, unit := in.def.Load().Memory.CheckInterval, in.unit
 	go in.sampleLoop(ctx, interval, unit)
 }
 
@@ -67,7 +67,7 @@ func (in *instance) sample(ctx context.Context, unit string) bool {
 		return false
 	}
 	in.rssBytes, in.children = rss, children
-	mem := in.def.Memory
+	mem := in.def.Load().Memory
 	if mem == nil {
 		in.mu.Unlock()
 		return false

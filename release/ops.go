@@ -45,18 +45,18 @@ func (m *Manager) retireNow(ctx context.Context, rec *releaseRec) error {
 	// Re-apply definitions from the current config (spec §2.15): stop
 	// signal, hooks, graceful window, nonBlockingDrain.
 	for _, in := range rec.list() {
-		if def := cfg.Process(in.def.ID); def != nil {
+		if def := cfg.Process(in.def.Load().ID); def != nil {
 			in.mu.Lock()
-			in.def = def
+			in.def.Store(def)
 			in.mu.Unlock()
 		}
 	}
 	var nonBlocking, regular, handoff []*instance
 	for _, in := range rec.list() {
 		switch {
-		case in.def.NonBlockingDrain:
+		case in.def.Load().NonBlockingDrain:
 			nonBlocking = append(nonBlocking, in)
-		case in.def.Policy == config.Service:
+		case in.def.Load().Policy == config.Service:
 			handoff = append(handoff, in)
 		default:
 			regular = append(regular, in)
@@ -205,7 +205,7 @@ func (m *Manager) restartReplicas(ctx context.Context, def *config.Process, proc
 	var targets []*instance
 	if active != nil {
 		for _, in := range active.list() {
-			if in.def.ID == def.ID && (processID == "" || processID == def.ID || processID == in.id) {
+			if in.def.Load().ID == def.ID && (processID == "" || processID == def.ID || processID == in.id) {
 				targets = append(targets, in)
 			}
 		}
@@ -232,7 +232,7 @@ func (m *Manager) restartReplicas(ctx context.Context, def *config.Process, proc
 func (r *releaseRec) othersInRotation(in *instance) int {
 	n := 0
 	for _, x := range r.list() {
-		if x != in && x.def.Policy == config.Proxied && x.inPool() {
+		if x != in && x.def.Load().Policy == config.Proxied && x.inPool() {
 			n++
 		}
 	}
@@ -259,7 +259,7 @@ func (m *Manager) instancesOf(def *config.Process) []*instance {
 		}
 		var out []*instance
 		for _, in := range active.list() {
-			if in.def.ID == def.ID {
+			if in.def.Load().ID == def.ID {
 				out = append(out, in)
 			}
 		}

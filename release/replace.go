@@ -99,7 +99,7 @@ func (m *Manager) replaceReplica(ctx context.Context, old *instance, reason stri
 		return nil, fmt.Errorf("replace %s: it was replaced meanwhile", old.id)
 	}
 	old.mu.Lock()
-	def, rc, replica, oldPort, oldPID, oldUnit := old.def, old.rc, old.replica, old.port, old.pid, old.unit
+	def, rc, replica, oldPort, oldPID, oldUnit := old.def.Load(), old.rc, old.replica, old.port, old.pid, old.unit
 	restarts, memRestarts, memAt := old.restarts, old.memoryRestarts, old.lastMemoryRestartAt
 	old.mu.Unlock()
 	if def.Port == nil {
@@ -252,7 +252,7 @@ func (r *releaseRec) remove(in *instance) {
 func (r *releaseRec) proxiedPorts() []int {
 	var out []int
 	for _, in := range r.list() {
-		if in.def.Policy == config.Proxied {
+		if in.def.Load().Policy == config.Proxied {
 			in.mu.Lock()
 			if in.port != 0 {
 				out = append(out, in.port)
@@ -268,7 +268,7 @@ func (r *releaseRec) proxiedPorts() []int {
 func (r *releaseRec) nextGeneration(replica int) int {
 	g := 0
 	for _, in := range r.list() {
-		if in.def.Policy == config.Proxied && in.replica == replica {
+		if in.def.Load().Policy == config.Proxied && in.replica == replica {
 			in.mu.Lock()
 			g = max(g, in.generation+1)
 			in.mu.Unlock()
@@ -280,7 +280,7 @@ func (r *releaseRec) nextGeneration(replica int) int {
 // armRecycleLocked schedules the next recycle of the running incarnation
 // (recycle.everyMs plus a random part of jitterMs); the caller holds in.mu.
 func (in *instance) armRecycleLocked() {
-	r := in.def.Recycle
+	r := in.def.Load().Recycle
 	if r == nil || in.recycleTimer != nil {
 		return
 	}

@@ -138,10 +138,10 @@ func (m *Manager) Status(ctx context.Context) Status {
 		st.Releases = append(st.Releases, m.releaseStatus(ctx, r))
 	}
 	for _, s := range services {
-		st.Services = append(st.Services, NamedProcess{ID: s.def.ID, Process: m.processStatus(ctx, s, true)})
+		st.Services = append(st.Services, NamedProcess{ID: s.def.Load().ID, Process: m.processStatus(ctx, s, true)})
 	}
 	for _, s := range singletons {
-		st.Singletons = append(st.Singletons, NamedProcess{ID: s.def.ID, Process: m.processStatus(ctx, s, true)})
+		st.Singletons = append(st.Singletons, NamedProcess{ID: s.def.Load().ID, Process: m.processStatus(ctx, s, true)})
 	}
 	return st
 }
@@ -156,7 +156,7 @@ func (m *Manager) releaseStatus(ctx context.Context, r *releaseRec) ReleaseStatu
 	wg.Wait()
 	byUpstream := m.traffic.UpstreamConnections(r.id)
 	for i, in := range ins {
-		if in.def.Policy != config.Proxied {
+		if in.def.Load().Policy != config.Proxied {
 			continue
 		}
 		in.mu.Lock()
@@ -236,7 +236,7 @@ func (m *Manager) processStatus(ctx context.Context, in *instance, withLogs bool
 		ps.Children = append(ps.Children, in.children...)
 	}
 	ps.RSSBytes = in.rssBytes
-	unit, live, sampled := in.unit, in.pid != 0, in.def.Memory != nil
+	unit, live, sampled := in.unit, in.pid != 0, in.def.Load().Memory != nil
 	in.mu.Unlock()
 	if live && !sampled {
 		// Without memory supervision, still report the current figure.
@@ -255,7 +255,7 @@ func (m *Manager) processStatus(ctx context.Context, in *instance, withLogs bool
 // instanceLogs reads the instance's newest outputLines lines.
 func (m *Manager) instanceLogs(ctx context.Context, in *instance) []LogEntry {
 	in.mu.Lock()
-	unit, n := in.unit, in.def.OutputLines
+	unit, n := in.unit, in.def.Load().OutputLines
 	in.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, logsTimeout)
 	defer cancel()
