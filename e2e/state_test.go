@@ -99,6 +99,9 @@ func killOrphan(t *testing.T, e *env, pid int) {
 	if e.runner == "systemd" {
 		e.stopAppUnits()
 	}
+	// The exec runner's instance leads its own process group: kill the
+	// whole group, so the shell's children do not outlive the test.
+	syscall.Kill(-pid, syscall.SIGKILL)
 	syscall.Kill(pid, syscall.SIGKILL)
 }
 
