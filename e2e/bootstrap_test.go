@@ -27,21 +27,7 @@ func freePort(t *testing.T) int {
 // startBootstrap runs `daemon` with the bootstrap tuple as the env's daemon.
 func (e *env) startBootstrap(id string, extra ...string) {
 	e.t.Helper()
-	args := append([]string{"daemon", "-c", e.config, "--runner", e.runner,
-		"--release-path", e.release(id), "--release-id", id, "--revision", id + "-rev"}, extra...)
-	e.logs = &lockedBuffer{}
-	cmd := exec.Command(rbBinary, args...)
-	cmd.Env = e.environ()
-	cmd.Dir = e.dir
-	cmd.Stdout, cmd.Stderr = e.logs, e.logs
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		e.t.Fatal(err)
-	}
-	e.daemon = cmd
-	exited := make(chan struct{}) // this daemon's own, even if e.exited is replaced later
-	e.exited = exited
-	go func() { cmd.Wait(); close(exited) }()
+	e.spawnDaemon(append([]string{"--release-path", e.release(id), "--release-id", id, "--revision", id + "-rev"}, extra...)...)
 }
 
 func TestBootstrapActivation(t *testing.T) {

@@ -138,10 +138,12 @@ func (e *env) environ() []string {
 	return append(env, e.extraEnv...)
 }
 
-func (e *env) startDaemon() {
+// spawnDaemon starts `rollbridge daemon` with extra flags as the env's
+// daemon, without waiting for it to answer.
+func (e *env) spawnDaemon(extra ...string) {
 	e.t.Helper()
 	e.logs = &lockedBuffer{}
-	cmd := exec.Command(rbBinary, "daemon", "-c", e.config, "--runner", e.runner)
+	cmd := exec.Command(rbBinary, append([]string{"daemon", "-c", e.config, "--runner", e.runner}, extra...)...)
 	cmd.Env = e.environ()
 	cmd.Dir = e.dir
 	cmd.Stdout, cmd.Stderr = e.logs, e.logs
@@ -153,6 +155,11 @@ func (e *env) startDaemon() {
 	exited := make(chan struct{}) // this daemon's own, even if e.exited is replaced later
 	e.exited = exited
 	go func() { cmd.Wait(); close(exited) }()
+}
+
+func (e *env) startDaemon() {
+	e.t.Helper()
+	e.spawnDaemon()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		if _, err := e.rbErr("status"); err == nil {
