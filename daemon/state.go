@@ -154,11 +154,8 @@ type orphan = statefile.Process
 // readOrphans lists live processes recorded in a previous daemon's snapshot.
 // A missing or unparsable file yields none.
 func readOrphans(path string) []orphan {
-	return statefile.LiveProcesses(path, alive)
+	return statefile.LiveProcesses(path, statefile.Alive)
 }
-
-// alive: signal 0 succeeds or fails with EPERM (exists, other owner).
-func alive(pid int) bool { return statefile.Alive(pid) }
 
 // orphanSet holds the prior daemon's live processes; dead ones are pruned
 // permanently on every read (spec §6.5).
@@ -172,7 +169,7 @@ func (o *orphanSet) live() []orphan {
 	defer o.mu.Unlock()
 	kept := o.list[:0]
 	for _, e := range o.list {
-		if alive(e.PID) {
+		if statefile.Alive(e.PID) {
 			kept = append(kept, e)
 		}
 	}
