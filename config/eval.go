@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/dop251/goja"
 	"github.com/evanw/esbuild/pkg/api"
@@ -52,6 +53,9 @@ var (
 // map, so goja positions (stack traces) point at the user's files.
 func bundle(absPath string, source []byte) (string, error) {
 	dir := filepath.Dir(absPath)
+	if err := checkUTF8(absPath, source); err != nil {
+		return "", err
+	}
 	res := api.Build(api.BuildOptions{
 		Stdin: &api.StdinOptions{
 			Contents:   string(source),
@@ -72,7 +76,7 @@ func bundle(absPath string, source []byte) (string, error) {
 		LogLevel:  api.LogLevelSilent,
 		// goja lacks these two; esbuild lowers them to generators.
 		Supported: map[string]bool{"async-generator": false, "for-await": false},
-		Plugins:   []api.Plugin{nodeBuiltinsPlugin},
+		Plugins:   []api.Plugin{nodeBuiltinsPlugin, utf8Plugin},
 	})
 	if len(res.Errors) > 0 {
 		return "", buildError(dir, res.Errors)
@@ -106,6 +110,47 @@ func absUnder(dir, name string) string {
 		return name
 	}
 	return filepath.Join(dir, name)
+}
+
+// checkUTF8 rejects a source that is not UTF-8. JavaScript source is UTF-8
+// anyway, and esbuild 0.28 loops forever building the source map of a file
+// with invalid bytes, so they must never reach it.
+func checkUTF8(path string, source []byte) error {
+	if utf8.Valid(source) {
+		return nil
+	}
+	line, col := 1, 1
+	for i := 0; i < len(source); {
+		r, size := utf8.DecodeRune(source[i:])
+		if r == utf8.RuneError && size <= 1 {
+			return fmt.Errorf("%s:%d: byte 0x%02x at column %d is not valid UTF-8; save the file as UTF-8", path, line, source[i], col)
+		}
+		if r == '\n' {
+			line, col = line+1, 1
+		} else {
+			col++
+		}
+		i += size
+	}
+	return nil
+}
+
+// utf8Plugin applies checkUTF8 to every file esbuild loads from disk (the
+// modules the config imports); it leaves the loading itself to esbuild.
+var utf8Plugin = api.Plugin{
+	Name: "rollbridge-utf8",
+	Setup: func(b api.PluginBuild) {
+		b.OnLoad(api.OnLoadOptions{Filter: ".*", Namespace: "file"}, func(args api.OnLoadArgs) (api.OnLoadResult, error) {
+			data, err := os.ReadFile(args.Path)
+			if err != nil {
+				return api.OnLoadResult{}, nil // esbuild reports read errors itself
+			}
+			if err := checkUTF8(args.Path, data); err != nil {
+				return api.OnLoadResult{}, err
+			}
+			return api.OnLoadResult{}, nil
+		})
+	},
 }
 
 // nodeBuiltinsPlugin rejects imports of Node.js built-in modules at bundle
@@ -225,10 +270,13 @@ type host struct {
 // built-ins) and interrupts the script when the heap grows by more than
 // opts.MemoryLimit.
 func evaluate(ctx context.Context, absPath string, source []byte, opts LoadOptions) (*value, error) {
-	code, err := bundle(absPath, source)
+	start := time.Now()
+	code, err := boundedBundle(ctx, absPath, source, opts.Timeout)
 	if err != nil {
 		return nil, err
 	}
+	// Bundling and evaluation share one time bound.
+	remaining := max(opts.Timeout-time.Since(start), 0)
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("evaluate config %s: %w", absPath, err)
 	}
@@ -253,11 +301,11 @@ func evaluate(ctx context.Context, absPath string, source []byte, opts LoadOptio
 		done <- result{s, err}
 	}()
 
-	timer := time.AfterFunc(opts.Timeout, func() { vm.Interrupt(errEvalTimeout) })
+	timer := time.AfterFunc(remaining, func() { vm.Interrupt(errEvalTimeout) })
 	defer timer.Stop()
 	stopWatch := watchMemory(vm, opts.MemoryLimit)
 	defer stopWatch()
-	hard := time.NewTimer(opts.Timeout + abandonAfter)
+	hard := time.NewTimer(remaining + abandonAfter)
 	defer hard.Stop()
 
 	var r result
@@ -277,6 +325,31 @@ func evaluate(ctx context.Context, absPath string, source []byte, opts LoadOptio
 		return nil, explainInterrupt(r.err, absPath, opts)
 	}
 	return decodeExport([]byte(r.json))
+}
+
+// boundedBundle runs bundle under the evaluation time bound. esbuild cannot
+// be interrupted, so on a timeout its goroutine is abandoned: the caller gets
+// an error instead of a hang should the bundler ever loop on some input.
+func boundedBundle(ctx context.Context, absPath string, source []byte, timeout time.Duration) (string, error) {
+	type result struct {
+		code string
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, err := bundle(absPath, source)
+		done <- result{code, err}
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case r := <-done:
+		return r.code, r.err
+	case <-t.C:
+		return "", fmt.Errorf("Config %s could not be compiled within %s (the JavaScript bundler did not finish); simplify the file or report it as a bug", absPath, timeout)
+	case <-ctx.Done():
+		return "", fmt.Errorf("compile config %s: %w", absPath, ctx.Err())
+	}
 }
 
 // explainInterrupt replaces the runtime's interrupt errors by messages that

@@ -356,3 +356,35 @@ func TestUninterruptibleBuiltinIsAbandoned(t *testing.T) {
 		t.Fatalf("error = %v", err)
 	}
 }
+
+// TestInvalidUTF8IsRejected: invalid bytes are reported with their line, in
+// the entry file and in an imported module (esbuild 0.28 loops forever on
+// them while building the source map, so they must never reach it).
+func TestInvalidUTF8IsRejected(t *testing.T) {
+	for _, src := range []string{
+		"#!\xf1\xf1\xf1\xf1",
+		"export default {}\n// caf\xe9\n",
+		"const s = \"\xf1\xf1\";\nexport default {}\n",
+	} {
+		start := time.Now()
+		err := loadErr(t, src, testOptions())
+		if !strings.Contains(err.Error(), "is not valid UTF-8; save the file as UTF-8") {
+			t.Errorf("%q: error = %v", src, err)
+		}
+		if took := time.Since(start); took > time.Second {
+			t.Errorf("%q: took %v", src, took)
+		}
+	}
+	err := loadErr(t, "export default {}\n// caf\xe9\n", testOptions())
+	if !strings.Contains(err.Error(), "rollbridge.js:2: byte 0xe9 at column 7") {
+		t.Errorf("line/column not named: %v", err)
+	}
+
+	dir := t.TempDir()
+	writeFile(t, dir, "lib.js", "export const port = 3000\n/* \xf1\xf1 */ const x = \"\xf1\"\n")
+	path := writeFile(t, dir, "rollbridge.js", "import { port } from './lib.js'\nexport default { app: { name: 'a' } }\n")
+	_, err = Load(context.Background(), path, testOptions())
+	if err == nil || !strings.Contains(err.Error(), "lib.js:2: byte 0xf1") {
+		t.Fatalf("imported module: error = %v", err)
+	}
+}
