@@ -414,3 +414,32 @@ func TestQuickExitSpawned(t *testing.T) {
 		t.Fatalf("missing program: %v", err)
 	}
 }
+
+// TestStartedState: the light read after a start agrees with State on a
+// running unit, and an unknown unit (loaded on demand through its computed
+// path) still reads as ErrNoSuchUnit.
+func TestStartedState(t *testing.T) {
+	c := dbusctltest.Connect(t)
+	ctx := ctxFor(t, 30*time.Second)
+	name := unitName(t, c, "started")
+	if err := c.StartTransient(ctx, dbusctl.TransientSpec{Name: name, Argv: []string{"/bin/sleep", "1000"}}); err != nil {
+		t.Fatal(err)
+	}
+	light, err := c.StartedState(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, err := c.State(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if light.ActiveState != "active" || light.MainPID <= 0 || light.MainPID != full.MainPID ||
+		light.ControlGroup == "" || light.ControlGroup != full.ControlGroup ||
+		!light.ExecMainStartTimestamp.Equal(full.ExecMainStartTimestamp) || light.ExecMainStartTimestamp.IsZero() {
+		t.Errorf("StartedState %+v\nState %+v", light, full)
+	}
+	missing := unitName(t, c, "never-started")
+	if _, err := c.StartedState(ctx, missing); !errors.Is(err, dbusctl.ErrNoSuchUnit) {
+		t.Errorf("StartedState of a unit never started: %v, want ErrNoSuchUnit", err)
+	}
+}

@@ -282,15 +282,36 @@ func (c *Conn) Properties(ctx context.Context, unit string) (UnitProperties, err
 // State reads the unit's runtime state (see UnitState). A unit that is not
 // loaded gives ErrNoSuchUnit.
 func (c *Conn) State(ctx context.Context, unit string) (UnitState, error) {
-	unitNames := []string{"LoadState", "ActiveState", "SubState"}
-	svcNames := []string{"MainPID", "ControlGroup", "ExecMainPID", "ExecMainCode", "ExecMainStatus",
-		"ExecMainStartTimestamp", "ExecMainExitTimestamp", "Result", "MemoryCurrent"}
+	return c.state(ctx, unit, false,
+		[]string{"LoadState", "ActiveState", "SubState"},
+		[]string{"MainPID", "ControlGroup", "ExecMainPID", "ExecMainCode", "ExecMainStatus",
+			"ExecMainStartTimestamp", "ExecMainExitTimestamp", "Result", "MemoryCurrent"})
+}
+
+// StartedState is a lighter State for a unit whose start job just
+// completed: only LoadState, ActiveState, MainPID, ControlGroup,
+// ExecMainStartTimestamp and MemoryCurrent are read, in one pipelined batch
+// addressed by the unit's computed object path (no GetUnit round trip).
+// A caller that finds the unit no longer active reads State for the exit.
+func (c *Conn) StartedState(ctx context.Context, unit string) (UnitState, error) {
+	return c.state(ctx, unit, true,
+		[]string{"LoadState", "ActiveState"},
+		[]string{"MainPID", "ControlGroup", "ExecMainStartTimestamp", "MemoryCurrent"})
+}
+
+// state reads the named properties of the unit's Unit and Service
+// interfaces, pipelined. With computedPath the object path is derived from
+// the name; systemd then loads a unit that is not loaded (LoadState
+// "not-found"), which is why only units known to exist are read that way.
+func (c *Conn) state(ctx context.Context, unit string, computedPath bool, unitNames, svcNames []string) (UnitState, error) {
 	u := make(map[string]godbus.Variant, len(unitNames))
 	s := make(map[string]godbus.Variant, len(svcNames))
 	err := c.do(ctx, func(g *generation) error {
-		var path godbus.ObjectPath
-		if err := g.manager().CallWithContext(ctx, "org.freedesktop.systemd1.Manager.GetUnit", 0, unit).Store(&path); err != nil {
-			return classify(err)
+		path := godbus.ObjectPath("/org/freedesktop/systemd1/unit/" + sd.PathBusEscape(unit))
+		if !computedPath {
+			if err := g.manager().CallWithContext(ctx, "org.freedesktop.systemd1.Manager.GetUnit", 0, unit).Store(&path); err != nil {
+				return classify(err)
+			}
 		}
 		obj := g.raw.Object("org.freedesktop.systemd1", path)
 		type pending struct {

@@ -362,21 +362,12 @@ func (m *Manager) startRelease(ctx context.Context, rec *releaseRec, rc config.R
 			proxied = true
 			continue
 		}
-		for replica := range def.Replicas {
-			if m.isStopping() {
-				return errShuttingDown
-			}
-			in, err := newInstance(m, def, rc, replica, rec)
-			if err != nil {
-				return err
-			}
-			rec.mu.Lock()
-			rec.instances = append(rec.instances, in)
-			rec.mu.Unlock()
-			alloc.take(def.ID)
-			if err := in.start(ctx, reasonDeploy); err != nil {
-				return err
-			}
+		ins, err := m.newReplicas(rec, def, rc, alloc)
+		if err != nil {
+			return err
+		}
+		if err := startAll(ctx, ins, nil); err != nil {
+			return err
 		}
 	}
 	if !proxied {
@@ -390,11 +381,29 @@ func (m *Manager) startRelease(ctx context.Context, rec *releaseRec, rc config.R
 // HTTP probe), so the switch moves traffic to a complete, healthy pool. The
 // first failure stops the wait and is returned.
 func (m *Manager) startProxied(ctx context.Context, rec *releaseRec, def *config.Process, rc config.ReleaseContext, alloc *portAllocation) error {
+	ins, err := m.newReplicas(rec, def, rc, alloc)
+	if err != nil {
+		return err
+	}
+	if err := startAll(ctx, ins, m.checkReady); err != nil {
+		return err
+	}
+	for _, in := range ins {
+		if !in.setInRotation(true) {
+			return fmt.Errorf("proxied process %s exited before the switch", in.id)
+		}
+	}
+	return nil
+}
+
+// newReplicas creates the instances of every replica of def and registers
+// them with rec, so a failed deploy stops whichever of them started.
+func (m *Manager) newReplicas(rec *releaseRec, def *config.Process, rc config.ReleaseContext, alloc *portAllocation) ([]*instance, error) {
 	ins := make([]*instance, def.Replicas)
 	for replica := range ins {
 		in, err := newInstance(m, def, rc, replica, rec)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		ins[replica] = in
 	}
@@ -402,6 +411,22 @@ func (m *Manager) startProxied(ctx context.Context, rec *releaseRec, def *config
 	rec.instances = append(rec.instances, ins...)
 	rec.mu.Unlock()
 	alloc.take(def.ID)
+	return ins, nil
+}
+
+// startAll starts the replicas of one process at once, as the original's
+// non-blocking spawn did (systemd runs the starts in parallel), and, when
+// ready is set, waits for each one to pass it. The first failure cancels the
+// others' waits and is returned.
+func startAll(ctx context.Context, ins []*instance, ready func(context.Context, *instance) error) error {
+	if len(ins) == 1 {
+		// The common case needs no goroutine.
+		err := ins[0].start(ctx, reasonDeploy)
+		if err == nil && ready != nil {
+			err = ready(ctx, ins[0])
+		}
+		return err
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errs := make([]error, len(ins))
@@ -409,8 +434,8 @@ func (m *Manager) startProxied(ctx context.Context, rec *releaseRec, def *config
 	for i, in := range ins {
 		wg.Go(func() {
 			err := in.start(ctx, reasonDeploy)
-			if err == nil {
-				err = m.checkReady(ctx, in)
+			if err == nil && ready != nil {
+				err = ready(ctx, in)
 			}
 			if err != nil && ctx.Err() == nil {
 				errs[i] = err
@@ -424,15 +449,7 @@ func (m *Manager) startProxied(ctx context.Context, rec *releaseRec, def *config
 			return err
 		}
 	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	for _, in := range ins {
-		if !in.setInRotation(true) {
-			return fmt.Errorf("proxied process %s exited before the switch", in.id)
-		}
-	}
-	return nil
+	return ctx.Err()
 }
 
 // checkReady runs the HTTP health probe of a proxied instance, if it has

@@ -468,3 +468,7 @@ func TestListOtherApp(t *testing.T) {
 		t.Errorf("Kind() = %q", k)
 	}
 }
+
+func BenchmarkStartStop100Concurrent(b *testing.B) {
+	unitstest.BenchStartStopConcurrent(b, func(tb testing.TB, app string) units.Runner { return newRunner(tb, app) }, 100, 16)
+}

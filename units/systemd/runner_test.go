@@ -60,3 +60,9 @@ func TestConformance(t *testing.T) {
 func BenchmarkStartStop100(b *testing.B) {
 	unitstest.BenchStartStop(b, newRunner, 100)
 }
+
+// BenchmarkStartStop100Concurrent starts and stops 100 units with 16 calls
+// in flight, as a deploy starts a process's replicas.
+func BenchmarkStartStop100Concurrent(b *testing.B) {
+	unitstest.BenchStartStopConcurrent(b, newRunner, 100, 16)
+}

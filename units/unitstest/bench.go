@@ -2,10 +2,12 @@ package unitstest
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"slices"
 	"strconv"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -88,4 +90,72 @@ func sum(ds []time.Duration) time.Duration {
 		t += d
 	}
 	return t
+}
+
+// BenchStartStopConcurrent starts n instances of `sleep 1000` with up to
+// width starts in flight at once (as a deploy starts the replicas of a
+// process), then stops them the same way, and reports the wall time of each
+// phase in milliseconds: start-wall-ms, stop-wall-ms.
+func BenchStartStopConcurrent(b *testing.B, newRunner func(tb testing.TB, app string) units.Runner, n, width int) {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		b.Fatalf("sleep not found: %v", err)
+	}
+	dir := b.TempDir()
+	var startWall, stopWall time.Duration
+	rounds := 0
+	for b.Loop() {
+		rounds++
+		app := UniqueApp()
+		r := newRunner(b, app)
+		ids := make([]units.Identity, n)
+		for i := range ids {
+			ids[i] = units.Identity{App: app, Release: "v1", Process: "p" + strconv.Itoa(i), Replicas: 1}
+			name := ids[i].UnitName()
+			b.Cleanup(func() { _ = r.Stop(context.Background(), name, syscall.SIGKILL, units.Grace{}) })
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), scaled(5*time.Minute))
+		run := func(op func(i int) error) (time.Duration, error) {
+			sem := make(chan struct{}, width)
+			errs := make([]error, n)
+			var wg sync.WaitGroup
+			t0 := time.Now()
+			for i := range n {
+				sem <- struct{}{}
+				wg.Go(func() {
+					defer func() { <-sem }()
+					errs[i] = op(i)
+				})
+			}
+			wg.Wait()
+			return time.Since(t0), errors.Join(errs...)
+		}
+		d, err := run(func(i int) error {
+			_, err := r.Start(ctx, units.Spec{
+				Identity:   ids[i],
+				Argv:       []string{sleep, "1000"},
+				Dir:        dir,
+				Env:        os.Environ(),
+				StopSignal: syscall.SIGTERM,
+				Grace:      units.Grace{Timeout: 5 * time.Second},
+			})
+			return err
+		})
+		if err != nil {
+			cancel()
+			b.Fatalf("start: %v", err)
+		}
+		startWall += d
+		d, err = run(func(i int) error {
+			return r.Stop(ctx, ids[i].UnitName(), syscall.SIGTERM, units.Grace{Timeout: 5 * time.Second})
+		})
+		cancel()
+		if err != nil {
+			b.Fatalf("stop: %v", err)
+		}
+		stopWall += d
+	}
+	msf := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / float64(rounds) }
+	b.ReportMetric(msf(startWall), "start-wall-ms")
+	b.ReportMetric(msf(stopWall), "stop-wall-ms")
 }
