@@ -16,8 +16,12 @@ install: build
 test:
 	scripts/test
 
+# The long local fuzz runs (CI runs each briefly, scripts/test); go test
+# fuzzes one target per run, so each gets FUZZTIME.
+FUZZTIME ?= 10m
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime 10m ./config
+	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./config
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRequest$$' -fuzztime $(FUZZTIME) ./control
 
 # The Debian package (binary, units, man pages, completions) in dist/.
 deb:

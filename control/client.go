@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -34,13 +35,17 @@ func Call(ctx context.Context, path string, req Request) (json.RawMessage, error
 	if err != nil {
 		return nil, fmt.Errorf("encode request: %w", err)
 	}
-	if _, err := c.Write(append(line, '\n')); err != nil {
-		return nil, fmt.Errorf("send %s request to %s: %w", req.Command, path, err)
+	_, werr := c.Write(append(line, '\n'))
+	if werr != nil && !peerClosed(werr) {
+		return nil, fmt.Errorf("send %s request to %s: %w", req.Command, path, werr)
 	}
 	reply, err := bufio.NewReaderSize(c, 64<<10).ReadBytes('\n')
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
+		}
+		if werr != nil {
+			return nil, fmt.Errorf("send %s request to %s: %w", req.Command, path, werr)
 		}
 		return nil, fmt.Errorf("read %s reply from %s: %w", req.Command, path, err)
 	}
@@ -57,6 +62,13 @@ func Call(ctx context.Context, path string, req Request) (json.RawMessage, error
 	return json.RawMessage(trimEOL(reply)), nil
 }
 
+// peerClosed tells whether a write failed because the daemon had already
+// closed the connection. It may have written an error line first (a refusal
+// over its connection cap, a timeout), which says more than EPIPE.
+func peerClosed(err error) bool {
+	return errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)
+}
+
 // ProbeResult describes what answers on a control socket path (spec §7.5).
 type ProbeResult struct {
 	// Alive is true when something accepted the connection.
@@ -68,6 +80,10 @@ type ProbeResult struct {
 	ActiveReleaseID *string
 	ProxyHost       string
 	ProxyPort       int
+	// Busy is true when the daemon refused the probe because its
+	// connection cap was reached: almost certainly a Rollbridge daemon,
+	// but its application is unknown (Rollbridge stays false).
+	Busy bool
 }
 
 // ProbeTimeout is how long Probe waits for the first reply line.
@@ -75,8 +91,8 @@ const ProbeTimeout = time.Second
 
 // Probe checks path: ENOENT/ECONNREFUSED → not alive; any other dial error
 // is returned ("cannot tell"); a status reply carrying an application →
-// a Rollbridge daemon; anything else, or silence for ProbeTimeout → alive,
-// foreign.
+// a Rollbridge daemon; a daemon's refusal over its connection cap → alive,
+// Busy; anything else, or silence for ProbeTimeout → alive, foreign.
 func Probe(ctx context.Context, path string) (ProbeResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, ProbeTimeout)
 	defer cancel()
@@ -92,7 +108,7 @@ func Probe(ctx context.Context, path string) (ProbeResult, error) {
 	res := ProbeResult{Alive: true}
 	dl, _ := ctx.Deadline()
 	_ = c.SetDeadline(dl)
-	if _, err := c.Write([]byte("{\"command\":\"status\"}\n")); err != nil {
+	if _, err := c.Write([]byte("{\"command\":\"status\"}\n")); err != nil && !peerClosed(err) {
 		return res, nil
 	}
 	line, err := bufio.NewReaderSize(c, 64<<10).ReadBytes('\n')
@@ -100,6 +116,7 @@ func Probe(ctx context.Context, path string) (ProbeResult, error) {
 		return res, nil
 	}
 	var st struct {
+		Error           string  `json:"error"`
 		Application     *string `json:"application"`
 		ActiveReleaseID *string `json:"activeReleaseId"`
 		Proxy           struct {
@@ -108,6 +125,7 @@ func Probe(ctx context.Context, path string) (ProbeResult, error) {
 		} `json:"proxy"`
 	}
 	if json.Unmarshal(line, &st) != nil || st.Application == nil {
+		res.Busy = strings.HasPrefix(st.Error, busyMessage)
 		return res, nil
 	}
 	res.Rollbridge = true
@@ -132,14 +150,21 @@ func StreamCall(ctx context.Context, path string, req Request, fn func(json.RawM
 	if err != nil {
 		return fmt.Errorf("encode request: %w", err)
 	}
-	if _, err := c.Write(append(line, '\n')); err != nil {
-		return fmt.Errorf("send %s request to %s: %w", req.Command, path, err)
+	_, werr := c.Write(append(line, '\n'))
+	if werr != nil && !peerClosed(werr) {
+		return fmt.Errorf("send %s request to %s: %w", req.Command, path, werr)
 	}
 	r := bufio.NewReaderSize(c, 64<<10)
 	for {
 		reply, err := r.ReadBytes('\n')
 		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, io.EOF) {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if werr != nil {
+				return fmt.Errorf("send %s request to %s: %w", req.Command, path, werr)
+			}
+			if errors.Is(err, io.EOF) {
 				return nil
 			}
 			return fmt.Errorf("read %s reply from %s: %w", req.Command, path, err)

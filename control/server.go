@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -40,7 +41,9 @@ func (f HandlerFunc) Handle(ctx context.Context, req Request, peer Peer) (any, e
 
 // Server serves the control protocol on a listener. Each connection may
 // carry several requests; they run concurrently and replies are written as
-// each finishes (spec §7.1).
+// each finishes (spec §7.1). Reading requests is bounded in size, time and
+// connection count (docs/control.md, Limits) so that clients which connect
+// and stall cannot pile up goroutines and descriptors; replies are not.
 type Server struct {
 	Handler Handler
 	// Authorize decides whether a peer may send commands; nil allows every
@@ -51,18 +54,52 @@ type Server struct {
 	OnConnError func(error)
 	// WriteTimeout bounds writing one reply to a slow client (default 10 s).
 	WriteTimeout time.Duration
+	// ReadTimeout bounds reading one request line: the first line must be
+	// complete within it of the accept, a later one within it of its first
+	// byte (default DefaultReadTimeout). Replies are never bounded by it.
+	ReadTimeout time.Duration
+	// IdleTimeout closes a connection that has no request in flight and
+	// does not start another one within it of its last reply (default
+	// DefaultIdleTimeout). A connection waiting for a reply or holding a
+	// stream is never idle.
+	IdleTimeout time.Duration
+	// MaxConns caps the connections open at once (default DefaultMaxConns);
+	// beyond it a new connection gets an error line and is closed.
+	MaxConns int
 
-	mu       sync.Mutex
-	ln       net.Listener
-	conns    map[*conn]struct{}
-	stopping bool
-	wg       sync.WaitGroup
+	mu        sync.Mutex
+	ln        net.Listener
+	conns     map[*conn]struct{}
+	stopping  bool
+	saturated bool // a refusal was reported since the count last fell below MaxConns
+	wg        sync.WaitGroup
 }
+
+// Defaults of the Server's limits.
+const (
+	// DefaultReadTimeout leaves a human typing into `socat` time for a
+	// line while a client that never finishes one frees its slot soon.
+	DefaultReadTimeout = 30 * time.Second
+	// DefaultIdleTimeout: the CLI sends one request per connection, so
+	// only hand-held or scripted sessions ever sit idle.
+	DefaultIdleTimeout = 60 * time.Second
+	// DefaultMaxConns is far above what deploys, status polls, log
+	// followers and probes use together, and bounds a flood.
+	DefaultMaxConns = 64
+)
 
 type conn struct {
 	net.Conn
 	peer Peer
 	wmu  sync.Mutex
+
+	// The read deadline follows the connection's phase (see deadline);
+	// rmu guards the phase, which both the read loop and finishing
+	// handlers change.
+	rmu      sync.Mutex
+	lineAt   time.Time // when the pending request line began; zero between lines
+	idleAt   time.Time // when the last in-flight request finished (or the accept)
+	inflight int
 }
 
 type connKey struct{}
@@ -87,8 +124,15 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			}
 			return fmt.Errorf("accept control connection: %w", err)
 		}
-		c := &conn{Conn: nc}
-		if !s.track(c) {
+		// The first request line is timed from the accept; blank lines
+		// before it do not restart the idle clock either.
+		now := time.Now()
+		c := &conn{Conn: nc, lineAt: now, idleAt: now}
+		ok, busy, report := s.track(c)
+		if busy {
+			s.refuse(nc, report)
+		}
+		if !ok {
 			nc.Close()
 			continue
 		}
@@ -122,20 +166,75 @@ func (s *Server) Stop(ctx context.Context) {
 // Wait blocks until every connection handler has returned.
 func (s *Server) Wait() { s.wg.Wait() }
 
-func (s *Server) track(c *conn) bool {
+// track registers c. It returns ok false when c must be closed instead:
+// the server is stopping, or busy (MaxConns reached; report is true for the
+// first refusal since the count was last below the cap, so a flood yields
+// one event, not one per connection).
+func (s *Server) track(c *conn) (ok, busy, report bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopping {
-		return false
+		return false, false, false
+	}
+	if len(s.conns) >= s.maxConns() {
+		report = !s.saturated
+		s.saturated = true
+		return false, true, report
 	}
 	s.conns[c] = struct{}{}
-	return true
+	return true, false, false
 }
 
 func (s *Server) untrack(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
+	if len(s.conns) < s.maxConns() {
+		s.saturated = false
+	}
 	s.mu.Unlock()
+}
+
+// ErrBusy is reported (OnConnError) when connections are refused because
+// MaxConns are open.
+var ErrBusy = errors.New("control socket busy")
+
+// refuse answers a connection over the cap with an error line; the caller
+// closes it. It runs in the accept loop: a fresh connection's send buffer
+// is empty, so the write does not block, and the short deadline guarantees
+// it. Closing at once (no lingering to read the request) keeps a flood from
+// holding descriptors; the client reads the line even if its own write
+// failed (see Call).
+func (s *Server) refuse(nc net.Conn, report bool) {
+	_ = nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	_, _ = nc.Write(Failure(fmt.Sprintf("%s: %d connections open; retry later", busyMessage, s.maxConns())))
+	if report {
+		s.connError(fmt.Errorf("refuse control connections: %w (%d open)", ErrBusy, s.maxConns()))
+	}
+}
+
+// busyMessage starts the error reply of a refused connection (Probe
+// recognizes it).
+const busyMessage = "Control socket busy"
+
+func (s *Server) maxConns() int {
+	if s.MaxConns > 0 {
+		return s.MaxConns
+	}
+	return DefaultMaxConns
+}
+
+func (s *Server) readTimeout() time.Duration {
+	if s.ReadTimeout > 0 {
+		return s.ReadTimeout
+	}
+	return DefaultReadTimeout
+}
+
+func (s *Server) idleTimeout() time.Duration {
+	if s.IdleTimeout > 0 {
+		return s.IdleTimeout
+	}
+	return DefaultIdleTimeout
 }
 
 func (s *Server) serveConn(ctx context.Context, c *conn) {
@@ -149,30 +248,156 @@ func (s *Server) serveConn(ctx context.Context, c *conn) {
 	c.peer = peer
 	var inflight sync.WaitGroup
 	defer inflight.Wait()
-	// Streams end when the client goes away (the read loop returns).
-	ctx, cancel := context.WithCancel(ctx)
+	// A client that disconnects does not cancel its commands (spec §7.3):
+	// they get ctx, which only the server's own end cancels. Streams get
+	// streamCtx and end when the client goes away (the read loop returns).
+	ctx = context.WithValue(ctx, connKey{}, c)
+	streamCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	r := bufio.NewReaderSize(c, 4096)
 	for {
-		line, err := readLine(r, MaxRequestBytes)
-		if errors.Is(err, errLineTooLong) {
-			_ = s.reply(c, Failure(fmt.Sprintf("Control request exceeds %d bytes", MaxRequestBytes)))
+		line, err := s.nextLine(c, r)
+		var te *timeoutError
+		switch {
+		case errors.As(err, &te):
+			// Close at once rather than after the commands still in
+			// flight; a client that broke off a request is told why.
+			if te.report {
+				_ = s.reply(c, Failure(te.msg))
+				s.connError(fmt.Errorf("peer pid %d uid %d: %w", c.peer.PID, c.peer.UID, err))
+			}
+			c.Close()
 			return
-		}
-		if err != nil {
+		case errors.Is(err, errLineTooLong):
+			_ = s.reply(c, Failure(fmt.Sprintf("Control request exceeds %d bytes", MaxRequestBytes)))
+			c.Close()
+			return
+		case err != nil:
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 				s.connError(err)
 			}
 			return
-		}
-		if len(line) == 0 {
+		case len(line) == 0:
 			continue
 		}
-		inflight.Go(func() { s.handleLine(ctx, c, line) })
+		inflight.Go(func() {
+			defer c.finished(s)
+			s.handleLine(ctx, streamCtx, c, line)
+		})
 	}
 }
 
-func (s *Server) handleLine(ctx context.Context, c *conn, line []byte) {
+// nextLine reads the next request line under the read and idle timeouts.
+// On success the line's request counts as in flight (unless it is blank);
+// the handler calls c.finished.
+func (s *Server) nextLine(c *conn, r *bufio.Reader) ([]byte, error) {
+	for {
+		c.rmu.Lock()
+		waiting := c.lineAt.IsZero()
+		c.rmu.Unlock()
+		if !waiting {
+			break
+		}
+		c.arm(s)
+		if _, err := r.Peek(1); err != nil {
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				return nil, err
+			}
+			if c.expired(s) {
+				// The normal end of a connection that is done: closed
+				// without a reply line, which no request asked for (a
+				// stream reader sees the end of its stream).
+				return nil, &timeoutError{msg: fmt.Sprintf("control connection idle for %v", s.idleTimeout()), err: err}
+			}
+			continue // a request finished meanwhile and moved the deadline
+		}
+		c.rmu.Lock()
+		c.lineAt = time.Now()
+		c.rmu.Unlock()
+	}
+	c.arm(s)
+	line, err := readLine(r, MaxRequestBytes)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return nil, &timeoutError{
+			msg:    fmt.Sprintf("Control request not received within %v; closing the connection", s.readTimeout()),
+			report: true,
+			err:    err,
+		}
+	}
+	// A blank line is no request: the clock of the line phase keeps
+	// running, so blank lines cannot keep a connection open.
+	if err != nil || len(line) > 0 {
+		c.rmu.Lock()
+		c.lineAt = time.Time{}
+		if err == nil {
+			c.inflight++
+		}
+		c.rmu.Unlock()
+	}
+	return line, err
+}
+
+// timeoutError ends a connection whose client did not keep to the time
+// limits.
+type timeoutError struct {
+	msg string
+	// report: a request not received is answered with msg and reported;
+	// an idle connection is just closed.
+	report bool
+	err    error
+}
+
+func (e *timeoutError) Error() string { return e.msg }
+func (e *timeoutError) Unwrap() error { return e.err }
+
+// deadline is the read deadline of c's current phase (rmu held): reading a
+// request line, ReadTimeout from its start (from the accept for the first
+// one); between lines with a request in flight, none (the client is waiting
+// for a reply or a stream, maybe for minutes); otherwise IdleTimeout from
+// the last reply.
+func (c *conn) deadline(s *Server) time.Time {
+	switch {
+	case !c.lineAt.IsZero():
+		return c.lineAt.Add(s.readTimeout())
+	case c.inflight > 0:
+		return time.Time{}
+	default:
+		return c.idleAt.Add(s.idleTimeout())
+	}
+}
+
+// arm sets the read deadline for c's current phase.
+func (c *conn) arm(s *Server) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	_ = c.SetReadDeadline(c.deadline(s))
+}
+
+// expired tells whether the deadline of c's current phase has passed, as
+// opposed to a deadline that was moved after the read had failed.
+func (c *conn) expired(s *Server) bool {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	dl := c.deadline(s)
+	return !dl.IsZero() && !time.Now().Before(dl)
+}
+
+// finished ends one in-flight request; the last one starts the idle timer.
+// Setting the deadline here interrupts nothing: it only ever goes from none
+// to a time in the future.
+func (c *conn) finished(s *Server) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	c.inflight--
+	if c.inflight == 0 {
+		c.idleAt = time.Now()
+		if c.lineAt.IsZero() {
+			_ = c.SetReadDeadline(c.deadline(s))
+		}
+	}
+}
+
+func (s *Server) handleLine(ctx, streamCtx context.Context, c *conn, line []byte) {
 	req, err := DecodeRequest(line)
 	if err != nil {
 		s.fail(ctx, c, req, err)
@@ -184,20 +409,20 @@ func (s *Server) handleLine(ctx context.Context, c *conn, line []byte) {
 			return
 		}
 	}
-	result, err := s.Handler.Handle(context.WithValue(ctx, connKey{}, c), req, c.peer)
+	result, err := s.Handler.Handle(ctx, req, c.peer)
 	if err != nil {
 		s.fail(ctx, c, req, err)
 		return
 	}
 	if stream, ok := result.(Stream); ok {
-		err := stream(ctx, func(v any) error {
+		err := stream(streamCtx, func(v any) error {
 			line, err := Success(v)
 			if err != nil {
 				return err
 			}
 			return s.reply(c, line)
 		})
-		if err != nil && ctx.Err() == nil {
+		if err != nil && streamCtx.Err() == nil {
 			s.fail(ctx, c, req, err)
 		}
 		return
