@@ -211,3 +211,7 @@ non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
 echo "| switch under load | requests | req/s | p99 ms | switches | non-2xx | socket errors | served by a / b |"
 echo "|---|---:|---:|---:|---:|---:|---:|---|"
 printf '| %ss, c=50, /tiny | %s | %.0f | %.2f | %s | %s | %s | %s / %s |\n' "$SWITCH_DURATION" "$reqs" "$rps" "$p99" "$switched" "${non2xx:-0}" "${errs:-0}" $((a1 - a0)) $((b1 - b0))
+if [ "${non2xx:-0}" != 0 ] || [ "${errs:-0}" != 0 ] || [ "$switched" != "$SWITCHES" ]; then
+	echo "FAIL: the switch under load must serve every request (non-2xx ${non2xx:-0}, socket errors ${errs:-0}, switches $switched/$SWITCHES)" >&2
+	exit 1
+fi

@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -11,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rollbridge/rollbridge/config"
 	"github.com/rollbridge/rollbridge/units"
 )
 
@@ -20,7 +23,10 @@ const jobsFrom, jobsTo = 27400, 27499
 
 // velociousTopology is the shape of examples/velocious.js with the demo app
 // and shell workers: a persistent beacon broker, a handoff coordinator, a
-// pool of four SIGINT-draining workers and the proxied web process.
+// pool of four draining workers and the proxied web process
+// (TestVelociousExampleShape keeps the two in step). The workers drain on
+// SIGINT rather than the example's SIGTERM, to prove a non-default
+// stopSignal reaches them.
 func velociousTopology(dir string) string {
 	workers := filepath.Join(dir, "workers.log")
 	ints := filepath.Join(dir, "sigint.log")
@@ -304,4 +310,47 @@ func checkVelociousRestarts(t *testing.T, e *env, beaconPort int) {
 		code, _, err := get(fmt.Sprintf("http://127.0.0.1:%d/ping", beaconPort))
 		return err == nil && code == 200
 	})
+}
+
+// TestVelociousExampleShape checks that the topology TestVelociousTopology
+// deploys has the shape of examples/velocious.js: the same policies, deploy
+// strategies, replica counts, drain settings and hooks per process.
+func TestVelociousExampleShape(t *testing.T) {
+	example, err := config.Load(context.Background(), filepath.Join("..", "examples", "velocious.js"), config.LoadOptions{Env: []string{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "rollbridge.js")
+	src := fmt.Sprintf("export default {application: \"shape\", proxy: {port: 4600}, processes: %s}\n", velociousTopology(t.TempDir()))
+	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	test, err := config.Load(context.Background(), path, config.LoadOptions{Env: []string{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Example id → test id.
+	ids := map[string]string{"beacon": "beacon", "background-jobs-main": "jobs-main", "background-jobs-worker": "worker", "web": "web"}
+	if len(example.Processes) != len(ids) || len(test.Processes) != len(ids) {
+		t.Fatalf("example has %d processes, test %d, want %d each", len(example.Processes), len(test.Processes), len(ids))
+	}
+	byID := func(c *config.Config, id string) *config.Process {
+		for i := range c.Processes {
+			if c.Processes[i].ID == id {
+				return &c.Processes[i]
+			}
+		}
+		t.Fatalf("no process %q", id)
+		return nil
+	}
+	shape := func(p *config.Process) string {
+		return fmt.Sprintf("policy=%s strategy=%s replicas=%d nonBlockingDrain=%v quietHook=%v port=%v",
+			p.Policy, p.DeployStrategy, p.Replicas, p.NonBlockingDrain, p.Lifecycle.QuietCommand != "", p.Port != nil)
+	}
+	for exID, testID := range ids {
+		ex, te := byID(example, exID), byID(test, testID)
+		if shape(ex) != shape(te) {
+			t.Errorf("%s: example %s\n%*s test    %s", exID, shape(ex), len(exID), "", shape(te))
+		}
+	}
 }

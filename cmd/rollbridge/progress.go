@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/rollbridge/rollbridge/config"
@@ -21,6 +22,45 @@ type progressView struct {
 	start    time.Time
 	// open is true while the last line is a provisional one (no newline).
 	open bool
+	// procs describes the config's processes by id, so a start can be
+	// labelled with its policy and replica count; started counts them.
+	procs   map[string]*config.Process
+	started map[string]int
+}
+
+func newProgressView(w io.Writer, terminal bool, cfg *config.Config) *progressView {
+	v := &progressView{w: w, terminal: terminal, start: time.Now(),
+		procs: map[string]*config.Process{}, started: map[string]int{}}
+	if cfg != nil {
+		for i := range cfg.Processes {
+			v.procs[cfg.Processes[i].ID] = &cfg.Processes[i]
+		}
+	}
+	return v
+}
+
+// startedLabel names what a started instance is: "companion 2/4" for the
+// second of four worker replicas, "proxied" for a single web process.
+func (v *progressView) startedLabel(id string) string {
+	base, _, _ := strings.Cut(id, "#")
+	def, ok := v.procs[base]
+	if !ok {
+		return ""
+	}
+	label := string(def.Policy)
+	if def.Replicas > 1 {
+		v.started[base]++
+		label += fmt.Sprintf(" %d/%d", v.started[base], def.Replicas)
+	}
+	return label
+}
+
+// orDash prints a JSON value of an event, "-" when it is absent or null.
+func orDash(v any) any {
+	if v == nil {
+		return "-"
+	}
+	return v
 }
 
 func (v *progressView) line(format string, args ...any) {
@@ -54,9 +94,14 @@ func (v *progressView) event(ev progressEvent) {
 	case "rollback starting":
 		v.line("Rolling back to release %v (%v)", d["releaseId"], d["releasePath"])
 	case "process started":
-		v.line("  ✓ started %v (pid %v)", d["id"], d["pid"])
+		id, _ := d["id"].(string)
+		if label := v.startedLabel(id); label != "" {
+			v.line("  ✓ started %s (%s, pid %v)", id, label, orDash(d["pid"]))
+		} else {
+			v.line("  ✓ started %s (pid %v)", id, orDash(d["pid"]))
+		}
 	case "process exited":
-		v.line("  · %v exited (code %v, signal %v)", d["id"], d["code"], d["signal"])
+		v.line("  · %v exited (code %v, signal %v)", d["id"], orDash(d["code"]), orDash(d["signal"]))
 	case "health probe":
 		secs := func(k string) float64 { f, _ := d[k].(float64); return f / 1000 }
 		if healthy, _ := d["healthy"].(bool); healthy {
@@ -84,7 +129,7 @@ func (v *progressView) event(ev progressEvent) {
 // deployWithProgress sends req with progress on, renders the stream, waits
 // for the previous release's drain and prints a summary.
 func (a *app) deployWithProgress(ctx context.Context, cfg *config.Config, req control.Request, quiet bool) error {
-	v := &progressView{w: a.stdout, terminal: isTerminal(a.stdout), start: time.Now()}
+	v := newProgressView(a.stdout, isTerminal(a.stdout), cfg)
 	if quiet {
 		v.w = io.Discard
 	}
