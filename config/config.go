@@ -169,6 +169,10 @@ type Process struct {
 	DeployStrategy DeployStrategy
 	// Cwd is the working-directory template; "" means the release path.
 	Cwd string
+	// User and Group are the account the instances run as (names or
+	// numeric ids, not templated); "" keeps the daemon's. Only the system
+	// manager, or the exec runner as root, can switch accounts.
+	User, Group string
 	// Env is the env block (values are templates), in config order.
 	Env []EnvVar
 	// Port is nil when the process has no port.
@@ -290,6 +294,9 @@ type Memory struct {
 	// WarnBytes 0 means no warning.
 	WarnBytes     uint64
 	CheckInterval time.Duration
+	// MaxBytes is the optional hard cgroup backstop (systemd MemoryMax=)
+	// above LimitBytes; 0 means none.
+	MaxBytes uint64
 }
 
 // Lifecycle holds the stop hooks. Hooks are not templated. An empty string

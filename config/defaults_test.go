@@ -220,3 +220,37 @@ func TestPrincipalNumeric(t *testing.T) {
 		t.Error("String")
 	}
 }
+
+// TestProcessAccount: user/group reach Process, the runner's Spec and the
+// normalized JSON as strings; numbers become their decimal form.
+func TestProcessAccount(t *testing.T) {
+	cfg := mustLoad(t, procs(webWith(`user: "shop", group: "www-data"`), worker(`user: 1001`), `{id: "plain", command: "run plain"}`))
+	cases := []struct{ id, user, group string }{
+		{"web", "shop", "www-data"},
+		{"worker", "1001", ""},
+		{"plain", "", ""},
+	}
+	rc := cfg.ReleaseContext("r1", "/srv/app/r1", "", map[string]int{"web": 18000}, nil)
+	for _, c := range cases {
+		p := cfg.Process(c.id)
+		if p.User != c.user || p.Group != c.group {
+			t.Errorf("%s: User/Group = %q/%q, want %q/%q", c.id, p.User, p.Group, c.user, c.group)
+		}
+		spec, err := p.Spec(rc, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if spec.User != c.user || spec.Group != c.group {
+			t.Errorf("%s: Spec User/Group = %q/%q, want %q/%q", c.id, spec.User, spec.Group, c.user, c.group)
+		}
+		j, err := json.Marshal(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hasUser, hasGroup := strings.Contains(string(j), `"user":`), strings.Contains(string(j), `"group":`)
+		if hasUser != (c.user != "") || hasGroup != (c.group != "") ||
+			(c.user != "" && !strings.Contains(string(j), `"user":"`+c.user+`"`)) {
+			t.Errorf("%s: JSON = %s", c.id, j)
+		}
+	}
+}

@@ -184,6 +184,8 @@ func (p *Process) Spec(rc ReleaseContext, replica int) (units.Spec, error) {
 		Command:     in.Command,
 		Dir:         in.Cwd,
 		Env:         in.Env,
+		User:        p.User,
+		Group:       p.Group,
 		StopSignal:  p.StopSignal,
 		Grace:       p.GracefulStop,
 		OutputLines: p.OutputLines,

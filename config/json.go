@@ -58,6 +58,8 @@ type jsonProcess struct {
 	Policy           Policy          `json:"policy"`
 	DeployStrategy   DeployStrategy  `json:"deployStrategy"`
 	Cwd              string          `json:"cwd,omitempty"`
+	User             string          `json:"user,omitempty"`
+	Group            string          `json:"group,omitempty"`
 	Env              json.RawMessage `json:"env"`
 	Port             *PortRange      `json:"port,omitempty"`
 	Health           *jsonHealth     `json:"health,omitempty"`
@@ -105,6 +107,7 @@ type jsonMemory struct {
 	LimitBytes      uint64  `json:"limitBytes"`
 	WarnBytes       uint64  `json:"warnBytes"`
 	CheckIntervalMs float64 `json:"checkIntervalMs"`
+	MaxBytes        uint64  `json:"maxBytes,omitempty"`
 }
 
 type jsonLifecycle struct {
@@ -177,6 +180,8 @@ func (p *Process) toJSON() (jsonProcess, error) {
 		Policy:           p.Policy,
 		DeployStrategy:   p.DeployStrategy,
 		Cwd:              p.Cwd,
+		User:             p.User,
+		Group:            p.Group,
 		Env:              env,
 		Port:             p.Port,
 		StopSignal:       p.StopSignalName,
@@ -203,7 +208,7 @@ func (p *Process) toJSON() (jsonProcess, error) {
 		jp.Health = &jsonHealth{Path: h.Path, TimeoutMs: ms(h.Timeout), IntervalMs: ms(h.Interval), StartDelayMs: ms(h.StartDelay), Notify: h.Notify}
 	}
 	if m := p.Memory; m != nil {
-		jp.Memory = &jsonMemory{LimitBytes: m.LimitBytes, WarnBytes: m.WarnBytes, CheckIntervalMs: ms(m.CheckInterval)}
+		jp.Memory = &jsonMemory{LimitBytes: m.LimitBytes, WarnBytes: m.WarnBytes, CheckIntervalMs: ms(m.CheckInterval), MaxBytes: m.MaxBytes}
 	}
 	return jp, nil
 }

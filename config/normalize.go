@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/rollbridge/rollbridge/units"
 )
@@ -325,6 +327,8 @@ func (n *normalizer) process(v *value, i int, proxy Proxy) Process {
 	if c := v.get("cwd"); !c.unset() {
 		p.Cwd, _ = n.str(c, key+".cwd", "", false)
 	}
+	p.User = n.account(v.get("user"), key+".user", "user", "uid", "run as the daemon's user")
+	p.Group = n.account(v.get("group"), key+".group", "group", "gid", "use the user's primary group")
 	p.Env = n.env(v.get("env"), key+".env")
 	p.Port = n.port(v.get("port"), key+".port")
 	p.Health = n.health(v.get("health"), key+".health", proxy)
@@ -343,6 +347,44 @@ func (n *normalizer) process(v *value, i int, proxy Proxy) Process {
 	p.DependsOn = n.dependsOn(v.get("dependsOn"), key+".dependsOn")
 	p.Recycle = n.recycle(v.get("recycle"), key+".recycle")
 	return p
+}
+
+// account reads processes[i].user or .group: a name or numeric id, as a
+// string or a non-negative integer (kept as its decimal string). Names are
+// resolved where the instance starts (systemd or the exec runner), so only
+// what can never be an account is rejected here: emptiness, whitespace,
+// control characters, ":" (the passwd separator) and "/".
+func (n *normalizer) account(v *value, key, what, id, unset string) string {
+	if v.unset() {
+		return ""
+	}
+	switch v.kind {
+	case kindNumber:
+		if isInteger(v.num) && v.num >= 0 && v.num <= math.MaxUint32 {
+			return strconv.FormatUint(uint64(v.num), 10)
+		}
+	case kindString:
+		if isAccountName(v.str) {
+			return v.str
+		}
+	}
+	n.add(fmt.Sprintf("%s must be a non-empty %s name or numeric %s", key, what, id),
+		fmt.Sprintf(`Set %s to the %s the process runs as, a name such as %s: "shop" or a numeric %s such as %s: "1001" (no spaces, control characters, ":" or "/"), or remove it to %s.`,
+			key, what, leaf(key), id, leaf(key), unset))
+	return ""
+}
+
+// isAccountName reports whether s could name a user or group.
+func isAccountName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, r := range s {
+		if unicode.IsSpace(r) || unicode.IsControl(r) || r == ':' || r == '/' || r == utf8.RuneError {
+			return false
+		}
+	}
+	return true
 }
 
 // replicas reads a positive integer or "auto" (one per CPU).
@@ -660,6 +702,19 @@ func (n *normalizer) memory(v *value, key string) *Memory {
 			n.add(key+".warnBytes must be a non-negative integer", warnFix)
 		} else {
 			m.WarnBytes = uint64(f)
+		}
+	}
+	maxFix := fmt.Sprintf("Set %s.maxBytes to a whole number of bytes above limitBytes, e.g. maxBytes: 805306368 (768 MiB), or remove it.", key)
+	if f, ok := n.numFix(v.get("maxBytes"), key+".maxBytes", 0, true, maxFix); ok {
+		switch {
+		case !isInteger(f) || f < 0:
+			n.add(key+".maxBytes must be a non-negative integer", maxFix)
+		case f > 0 && m.LimitBytes > 0 && uint64(f) <= m.LimitBytes:
+			// The kernel would kill the process before the graceful
+			// memory restart at limitBytes could happen.
+			n.add(key+".maxBytes must be greater than "+key+".limitBytes", maxFix)
+		default:
+			m.MaxBytes = uint64(f)
 		}
 	}
 	intervalFix := fmt.Sprintf("Set %s.checkIntervalMs to a positive number of milliseconds, e.g. checkIntervalMs: 5000.", key)

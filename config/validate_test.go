@@ -119,6 +119,16 @@ var validationCases = []struct {
 	{"policy not a string", procs(web, worker(`policy: 5`)), []string{"processes[1].policy must be a string"}},
 	{"deployStrategy unknown", procs(web, worker(`deployStrategy: "blue-green"`)), []string{"processes[1].deployStrategy must be one of: persistent, handoff"}},
 	{"cwd not a string", procs(web, worker(`cwd: 5`)), []string{"processes[1].cwd must be a string"}},
+	{"user and group names", procs(web, worker(`user: "shop", group: "www-data"`)), nil},
+	{"user and group numeric", procs(web, worker(`user: 1001, group: "1001"`)), nil},
+	{"user empty", procs(web, worker(`user: ""`)), []string{"processes[1].user must be a non-empty user name or numeric uid"}},
+	{"user with whitespace", procs(web, worker(`user: "shop user"`)), []string{"processes[1].user must be a non-empty user name or numeric uid"}},
+	{"user with control character", procs(web, worker(`user: "shop\n"`)), []string{"processes[1].user must be a non-empty user name or numeric uid"}},
+	{"user not a string", procs(web, worker(`user: true`)), []string{"processes[1].user must be a non-empty user name or numeric uid"}},
+	{"user negative id", procs(web, worker(`user: -1`)), []string{"processes[1].user must be a non-empty user name or numeric uid"}},
+	{"group with colon", procs(webWith(`group: "a:b"`)), []string{"processes[0].group must be a non-empty group name or numeric gid"}},
+	{"group fractional id", procs(web, worker(`group: 1.5`)), []string{"processes[1].group must be a non-empty group name or numeric gid"}},
+	{"user null is unset", procs(web, worker(`user: null`)), nil},
 	{"env not an object", procs(web, worker(`env: "A=1"`)), []string{"processes[1].env must be an object"}},
 	{"env values must be strings", procs(web, worker(`env: {A: 1, B: undefined, C: null, D: "ok"}`)), []string{"processes[1].env.A must be a string", "processes[1].env.B is required", "processes[1].env.C is required"}},
 	{"env invalid name", procs(web, worker(`env: {"A=B": "x"}`)), []string{`processes[1].env has an invalid variable name "A=B"`}},
@@ -179,6 +189,9 @@ var validationCases = []struct {
 
 	// §2.10 memory
 	{"memory valid", procs(web, worker(`memory: {limitBytes: 1048576}`)), nil},
+	{"memory backstop valid", procs(web, worker(`memory: {limitBytes: 1048576, maxBytes: 2097152}`)), nil},
+	{"memory backstop not above the limit", procs(web, worker(`memory: {limitBytes: 1048576, maxBytes: 1048576}`)), []string{"processes[1].memory.maxBytes must be greater than processes[1].memory.limitBytes"}},
+	{"memory backstop invalid", procs(web, worker(`memory: {limitBytes: 1048576, maxBytes: -1}`)), []string{"processes[1].memory.maxBytes must be a non-negative integer"}},
 	{"memory not an object", procs(web, worker(`memory: 5`)), []string{"processes[1].memory must be an object"}},
 	{"memory empty", procs(web, worker(`memory: {}`)), []string{"processes[1].memory.limitBytes must be a positive integer"}},
 	{"memory all invalid", procs(web, worker(`memory: {limitBytes: 0, warnBytes: -1, checkIntervalMs: 0}`)), []string{

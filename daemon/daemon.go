@@ -90,6 +90,8 @@ type daemon struct {
 
 	proxyLn     net.Listener
 	ctlLn       net.Listener
+	metricsLn   net.Listener // nil unless the metrics endpoint serves
+	endMetrics  func()       // set with metricsLn; use stopMetrics
 	proxyAddr   *net.TCPAddr
 	serveProxy  func()
 	serving     bool
@@ -209,18 +211,10 @@ func (d *daemon) run(ctx context.Context, loadOpts config.LoadOptions) (err erro
 	ctlDone := make(chan error, 1)
 	go func() { ctlDone <- d.ctl.Serve(life, ln) }()
 	if mx != nil {
-		var lc net.ListenConfig
-		mln, err := lc.Listen(ctx, "tcp", d.opts.MetricsListen)
-		if err != nil {
-			d.log.Error("metrics endpoint not started", "address", d.opts.MetricsListen, "error", err)
-			d.events.Emit("metrics listen failed", map[string]any{"address": d.opts.MetricsListen, "error": err.Error()})
-		} else {
-			d.events.Emit("metrics listening", map[string]any{"address": mln.Addr().String()})
-			go func() {
-				if err := mx.serve(life, mln); err != nil {
-					d.log.Error("metrics endpoint", "error", err)
-				}
-			}()
+		d.startMetrics(ctx, life, mx, passed)
+	} else {
+		for _, unused := range passed[metricsFDName] {
+			unused.Close() // passed on, but metrics are off
 		}
 	}
 	if d.cfg.StatePath != "" {
@@ -266,6 +260,7 @@ func (d *daemon) run(ctx context.Context, loadOpts config.LoadOptions) (err erro
 	d.ctl.Wait()
 	endLife()
 	<-ctlDone
+	d.stopMetrics()
 	return err
 }
 
@@ -279,15 +274,31 @@ func (d *daemon) newProxy() error {
 		// On shutdown or a reload handover, in-flight requests get up to
 		// the drain timeout to finish.
 		ShutdownTimeout: d.cfg.Proxy.DrainTimeout,
-		OnError: func(release string, err error) {
-			d.events.Emit("proxy error", map[string]any{"error": err.Error(), "releaseId": release})
-		},
+		OnError:         d.proxyError,
 	})
 	if err != nil {
-		return err
+		return fmt.Errorf("create proxy: %w", err)
 	}
 	d.proxy = p
 	return nil
+}
+
+// Proxy failure events. A drain cut is the configured drainTimeoutMs doing
+// its job, not an upstream fault, so it gets its own event (and counter):
+// operators alerting on proxy errors must not be paged by every deploy.
+const (
+	evProxyError   = "proxy error"
+	evProxyDrained = "proxy request drained"
+)
+
+// proxyError is the proxy's OnError hook; it runs on the request goroutine
+// and must not block (Emit does not).
+func (d *daemon) proxyError(release string, err error) {
+	if errors.Is(err, proxy.ErrDrained) {
+		d.events.Emit(evProxyDrained, map[string]any{"error": err.Error(), "reason": "drained", "releaseId": release})
+		return
+	}
+	d.events.Emit(evProxyError, map[string]any{"error": err.Error(), "releaseId": release})
 }
 
 // bindProxy takes the proxy listener (passed socket or own bind). Serving

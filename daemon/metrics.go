@@ -3,8 +3,11 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,8 +19,10 @@ import (
 )
 
 // metrics is the optional Prometheus endpoint (`daemon --metrics-listen`).
-// Proxy and process figures are read at scrape time; deploys, restarts and
-// health probes are counted from the event stream.
+// Proxy and process figures are read at scrape time; deploys, restarts,
+// health probes and proxy failures are counted from the event stream (so
+// they restart at zero in a re-executed daemon, like any counter of a new
+// process).
 type metrics struct {
 	d   *daemon
 	reg *prometheus.Registry
@@ -27,6 +32,7 @@ type metrics struct {
 	starts         *prometheus.CounterVec
 	healthProbes   *prometheus.CounterVec
 	proxyErrors    prometheus.Counter
+	proxyDrained   prometheus.Counter
 
 	deployStart time.Time
 }
@@ -49,7 +55,10 @@ func newMetrics(d *daemon) *metrics {
 	m.proxyErrors = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "rollbridge_proxy_errors_total", Help: "Upstream errors seen by the proxy.",
 	})
-	m.reg.MustRegister(m.deploys, m.deployDuration, m.starts, m.healthProbes, m.proxyErrors, m,
+	m.proxyDrained = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "rollbridge_proxy_drained_total", Help: "Proxied exchanges cut at a drain deadline.",
+	})
+	m.reg.MustRegister(m.deploys, m.deployDuration, m.starts, m.healthProbes, m.proxyErrors, m.proxyDrained, m,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -89,8 +98,10 @@ func (m *metrics) observe(ev release.Event) {
 		} else {
 			m.healthProbes.WithLabelValues("unhealthy").Inc()
 		}
-	case "proxy error":
+	case evProxyError:
 		m.proxyErrors.Inc()
+	case evProxyDrained:
+		m.proxyDrained.Inc()
 	}
 }
 
@@ -171,19 +182,117 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// serve runs the endpoint on addr until ctx ends.
-func (m *metrics) serve(ctx context.Context, ln net.Listener) error {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+// metricsFDName names the metrics listener among passed fds: a reload hands
+// it to the successor, so the address never stops answering.
+const metricsFDName = "metrics"
+
+// metricsListener takes a passed "metrics" socket (from a reloading
+// predecessor, or a .socket unit), or binds --metrics-listen. inherited
+// reports which.
+func (d *daemon) metricsListener(ctx context.Context, passed map[string][]net.Listener) (ln net.Listener, inherited bool, err error) {
+	if ls := passed[metricsFDName]; len(ls) > 0 {
+		for _, extra := range ls[1:] {
+			extra.Close()
+		}
+		return ls[0], true, nil
+	}
+	var lc net.ListenConfig
+	ln, err = lc.Listen(ctx, "tcp", d.opts.MetricsListen)
+	if err != nil {
+		return nil, false, fmt.Errorf("bind metrics endpoint %s: %w", d.opts.MetricsListen, err)
+	}
+	return ln, false, nil
+}
+
+// startMetrics serves mx until life ends or stopMetrics is called. A failed
+// bind is reported and leaves the daemon running without metrics.
+func (d *daemon) startMetrics(ctx, life context.Context, mx *metrics, passed map[string][]net.Listener) {
+	ln, inherited, err := d.metricsListener(ctx, passed)
+	if err != nil {
+		d.log.Error("metrics endpoint not started", "address", d.opts.MetricsListen, "error", err)
+		d.events.Emit("metrics listen failed", map[string]any{"address": d.opts.MetricsListen, "error": err.Error()})
+		return
+	}
+	d.metricsLn = ln
+	sctx, cancel := context.WithCancel(life)
+	done := make(chan struct{})
+	d.endMetrics = func() { cancel(); <-done }
+	d.events.Emit("metrics listening", map[string]any{"address": ln.Addr().String(), "inherited": inherited})
 	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
+		defer close(done)
+		if err := mx.serve(sctx, ln); err != nil {
+			d.log.Error("metrics endpoint", "error", err)
+		}
 	}()
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
+}
+
+// stopMetrics stops the endpoint (if it runs) and waits for it; repeated
+// calls are no-ops.
+func (d *daemon) stopMetrics() {
+	if d.endMetrics != nil {
+		d.endMetrics()
+	}
+}
+
+// metricsFinishTimeout bounds how long a stopping endpoint keeps serving the
+// connections it already accepted.
+const metricsFinishTimeout = 5 * time.Second
+
+// serve runs the endpoint on ln until ctx ends. It then stops accepting
+// (after a reload the successor holds the same socket and takes what is
+// queued) and answers the connections it already accepted, each with
+// "Connection: close", before closing the rest. Not http.Server.Shutdown:
+// it drops, unanswered, a connection accepted just before whose request
+// arrives just after — one failed scrape per reload.
+func (m *metrics) serve(ctx context.Context, ln net.Listener) error {
+	var (
+		closing atomic.Bool
+		mu      sync.Mutex
+		busy    = map[net.Conn]bool{} // accepted, request not yet answered
+	)
+	h := promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if closing.Load() {
+			w.Header().Set("Connection", "close")
+		}
+		h.ServeHTTP(w, r)
+	}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
+		ConnState: func(c net.Conn, st http.ConnState) {
+			mu.Lock()
+			defer mu.Unlock()
+			if st == http.StateNew || st == http.StateActive {
+				busy[c] = true
+			} else {
+				delete(busy, c)
+			}
+		}}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err := <-served:
+		return fmt.Errorf("serve metrics: %w", err)
+	case <-ctx.Done():
+	}
+	closing.Store(true)
+	_ = ln.Close()
+	if err := <-served; !errors.Is(err, net.ErrClosed) {
+		return fmt.Errorf("serve metrics: %w", err)
+	}
+	deadline := time.Now().Add(metricsFinishTimeout)
+	for time.Now().Before(deadline) {
+		mu.Lock()
+		n := len(busy)
+		mu.Unlock()
+		if n == 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Idle keep-alive connections and scrapes past the deadline.
+	if err := srv.Close(); err != nil {
+		return fmt.Errorf("close metrics connections: %w", err)
 	}
 	return nil
 }

@@ -15,16 +15,18 @@ import (
 	"github.com/coreos/go-systemd/v22/activation"
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 
+	"github.com/rollbridge/rollbridge/proxy"
 	"github.com/rollbridge/rollbridge/snapshot"
 )
 
 // Zero-downtime daemon restart (`systemctl reload` → SIGHUP), tableflip
 // style: the running daemon starts the installed binary again, handing it
-// the proxy and control listening sockets as systemd-style passed fds
-// (LISTEN_FDS / LISTEN_FDNAMES=proxy:control), so the kernel keeps
-// accepting throughout. The new process re-adopts the units, serves on the
-// inherited sockets and reports ready over a pipe; only then does the old
-// process stop accepting, finish its in-flight proxied requests (bounded by
+// the proxy, control and (when it serves one) metrics listening sockets as
+// systemd-style passed fds (LISTEN_FDS /
+// LISTEN_FDNAMES=proxy:control[:metrics]), so the kernel keeps accepting
+// throughout. The new process re-adopts the units, serves on the inherited
+// sockets and reports ready over a pipe; only then does the old process stop
+// accepting, finish its in-flight proxied requests (bounded by
 // proxy.drainTimeoutMs) and exit 0 — without stopping any unit. If the new
 // process does not get ready, it is killed (SIGKILL: it must not stop the
 // units) and the old daemon resumes supervising.
@@ -129,27 +131,29 @@ func (d *daemon) startSuccessor(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("find the installed rollbridge binary: %w", err)
 	}
-	proxyFile, err := listenerFile(d.proxyLn)
-	if err != nil {
-		return 0, err
+	lns := []namedListener{{proxy.DefaultFDName, d.proxyLn}, {"control", d.ctlLn}}
+	if d.metricsLn != nil {
+		lns = append(lns, namedListener{metricsFDName, d.metricsLn})
 	}
-	defer proxyFile.Close()
-	ctlFile, err := listenerFile(d.ctlLn)
-	if err != nil {
-		return 0, err
+	files := make([]*os.File, 0, len(lns))
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	for _, nl := range lns {
+		f, err := listenerFile(nl.ln)
+		if err != nil {
+			return 0, fmt.Errorf("pass the %s listener on: %w", nl.name, err)
+		}
+		files = append(files, f)
 	}
-	defer ctlFile.Close()
 	r, w, err := os.Pipe()
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("create the readiness pipe: %w", err)
 	}
 	defer r.Close()
-	cmd := exec.Command(exe, "daemon", "--config", d.opts.ConfigPath, "--runner", d.runner.Kind())
-	cmd.Env = append(cleanEnv(os.Environ()), "LISTEN_FDS=2", "LISTEN_FDNAMES=proxy:control", envReexec+"=1", envReadyFD+"=5")
-	if ns := os.Getenv("NOTIFY_SOCKET"); ns != "" {
-		cmd.Env = append(cmd.Env, "NOTIFY_SOCKET="+ns)
-	}
-	cmd.ExtraFiles = []*os.File{proxyFile, ctlFile, w}
+	cmd := d.successorCmd(exe, lns, files, w)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	if f, ok := d.opts.Log.(*os.File); ok {
 		cmd.Stdout, cmd.Stderr = f, f
@@ -191,6 +195,38 @@ func (d *daemon) startSuccessor(ctx context.Context) (int, error) {
 	}
 }
 
+// namedListener is a listening socket passed to the successor under name
+// (its LISTEN_FDNAMES entry).
+type namedListener struct {
+	name string
+	ln   net.Listener
+}
+
+// successorCmd is the re-executed daemon: files (duplicates of lns, in the
+// same order) become fds 3… as systemd would pass them, followed by the
+// readiness pipe. The flags that shape the daemon are carried over; bootstrap
+// flags are not (the successor adopts instead of activating).
+func (d *daemon) successorCmd(exe string, lns []namedListener, files []*os.File, ready *os.File) *exec.Cmd {
+	names := make([]string, len(lns))
+	for i, nl := range lns {
+		names[i] = nl.name
+	}
+	// "--flag=value" form: an empty value must stay an explicit "off" and
+	// not fall back to ROLLBRIDGE_METRICS_LISTEN.
+	cmd := exec.Command(exe, "daemon", "--config", d.opts.ConfigPath, "--runner", d.runner.Kind(),
+		"--metrics-listen="+d.opts.MetricsListen)
+	cmd.Env = append(cleanEnv(os.Environ()),
+		"LISTEN_FDS="+strconv.Itoa(len(lns)),
+		"LISTEN_FDNAMES="+strings.Join(names, ":"),
+		envReexec+"=1",
+		envReadyFD+"="+strconv.Itoa(3+len(files)))
+	if ns := os.Getenv("NOTIFY_SOCKET"); ns != "" {
+		cmd.Env = append(cmd.Env, "NOTIFY_SOCKET="+ns)
+	}
+	cmd.ExtraFiles = append(append([]*os.File(nil), files...), ready)
+	return cmd
+}
+
 func listenerFile(ln net.Listener) (*os.File, error) {
 	type filer interface{ File() (*os.File, error) }
 	f, ok := ln.(filer)
@@ -214,6 +250,9 @@ func (d *daemon) handOver(ctx context.Context) {
 			ul.SetUnlinkOnClose(false)
 		}
 		d.ctl.Stop(ctx)
+		// The successor serves the same metrics socket; scrapes already
+		// accepted here are still answered.
+		d.stopMetrics()
 		if d.state != nil {
 			d.state.halt()
 		}

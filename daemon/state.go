@@ -194,8 +194,9 @@ func reportOrphans(events *release.Events, list []orphan) {
 	}
 }
 
-// readPriorState parses a previous daemon's snapshot; nil when there is
-// none or it cannot be parsed.
+// readPriorState parses a previous daemon's snapshot (status with restart
+// counters and crash times, plus the sanitized event history) for
+// re-adoption; nil when there is none or it cannot be parsed.
 func readPriorState(path string) *release.PriorState {
 	if path == "" {
 		return nil

@@ -8,6 +8,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/rollbridge/rollbridge/release"
 )
 
 func TestStateStoreWritesSanitizedAtomically(t *testing.T) {
@@ -110,5 +113,59 @@ func TestReadOrphans(t *testing.T) {
 	}
 	if l := set.live(); len(l) != 0 {
 		t.Errorf("dead orphans not pruned: %+v", l)
+	}
+}
+
+// TestStateRoundTripRestartBudgetAndEvents: what a successor needs to keep
+// a crash-looping process's restart budget (counters, crash times, last
+// memory restart) and the event history survives the state file, without
+// commands or output.
+func TestStateRoundTripRestartBudgetAndEvents(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	active := "v1"
+	at := time.Date(2026, 5, 1, 10, 0, 0, 0, time.UTC)
+	status := release.Status{
+		ActiveReleaseID: &active,
+		Releases: []release.ReleaseStatus{{ReleaseID: "v1", State: "active", Processes: []release.ProcessStatus{{
+			ID: "worker", Command: "worker --token SECRET", Restarts: 3, MemoryRestarts: 1, State: "running",
+			RestartTimes:        []string{release.Timestamp(at), release.Timestamp(at.Add(time.Second))},
+			LastMemoryRestartAt: release.Timestamp(at.Add(2 * time.Second)), LastStartReason: "memory",
+			Unit: "rollbridge-demo-v1-worker.service", Logs: []release.LogEntry{{Line: "SECRET output"}},
+		}}}},
+		Services: []release.NamedProcess{}, Singletons: []release.NamedProcess{},
+	}
+	events := []release.Event{
+		{At: at, Message: "process started", Data: map[string]any{"id": "worker", "pid": 7, "reason": "crash"}},
+		{At: at.Add(time.Second), Message: "release startup process status", Data: map[string]any{"logs": []any{"SECRET"}, "command": "SECRET"}},
+	}
+	s := &stateStore{path: path, snapshot: func(context.Context) any {
+		return struct {
+			release.Status
+			Events      []release.Event `json:"events"`
+			PersistedAt string          `json:"persistedAt"`
+		}{status, events, release.Timestamp(at)}
+	}}
+	s.write(context.Background())
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(raw), "SECRET") {
+		t.Errorf("state file carries a secret:\n%s", raw)
+	}
+	prior := readPriorState(path)
+	if prior == nil || len(prior.Releases) != 1 || len(prior.Releases[0].Processes) != 1 {
+		t.Fatalf("prior %+v", prior)
+	}
+	p := prior.Releases[0].Processes[0]
+	if p.Restarts != 3 || p.MemoryRestarts != 1 || len(p.RestartTimes) != 2 || p.RestartTimes[1] != "2026-05-01T10:00:01.000Z" ||
+		p.LastMemoryRestartAt != "2026-05-01T10:00:02.000Z" || p.LastStartReason != "memory" || p.Unit == "" || p.State != "running" {
+		t.Errorf("process %+v", p)
+	}
+	if len(prior.Events) != 2 || !prior.Events[0].At.Equal(at) || prior.Events[0].Message != "process started" || prior.Events[0].Data["reason"] != "crash" {
+		t.Fatalf("events %+v", prior.Events)
+	}
+	if _, ok := prior.Events[1].Data["command"]; ok {
+		t.Errorf("restored event carries a command: %+v", prior.Events[1])
 	}
 }

@@ -112,6 +112,10 @@ func TestZeroDowntimeDeploys(t *testing.T) {
 			if len(units) != 5 { // beacon, cron, worker#0, worker#1, web
 				t.Errorf("want 5 units after the first deploy, got %d: %v", len(units), units)
 			}
+			// What an operator sees agrees with the D-Bus listing.
+			if seen := e.systemctlUnits(); strings.Join(seen, " ") != strings.Join(units, " ") {
+				t.Errorf("systemctl --user list-units shows %v, D-Bus %v", seen, units)
+			}
 		}
 
 		l := startLoad(url, 16, 4)
@@ -156,13 +160,24 @@ func TestZeroDowntimeDeploys(t *testing.T) {
 				t.Errorf("want 5 units after the deploys, got %d: %v", len(units), units)
 			}
 		}
+		// Every managed pid: release processes, persistent services and
+		// singletons.
 		var pids []int
-		for _, r := range e.status().Releases {
+		final := e.status()
+		for _, r := range final.Releases {
 			for _, p := range r.Processes {
 				if p.PID != 0 {
 					pids = append(pids, p.PID)
 				}
 			}
+		}
+		for _, s := range append(final.Services, final.Singletons...) {
+			if s.Process.PID != 0 {
+				pids = append(pids, s.Process.PID)
+			}
+		}
+		if len(pids) != 5 { // web, worker#0, worker#1, beacon, cron
+			t.Errorf("want 5 running pids before shutdown, got %v", pids)
 		}
 		e.rb("shutdown")
 		select {

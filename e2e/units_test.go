@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"context"
+	"os/exec"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/rollbridge/rollbridge/dbusctl"
@@ -29,6 +31,28 @@ func (e *env) listUnits() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// systemctlUnits lists the app's instance units as an operator would:
+// `systemctl --user list-units 'rollbridge-<app>-*'`, sorted names.
+func (e *env) systemctlUnits() []string {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "systemctl", "--user", "list-units", "--plain", "--no-legend", "--all",
+		units.AppUnitPattern(e.app)).Output()
+	if err != nil {
+		e.t.Fatalf("systemctl --user list-units: %v", err)
+	}
+	e.t.Logf("systemctl --user list-units %s:\n%s", units.AppUnitPattern(e.app), out)
+	var names []string
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if f := strings.Fields(line); len(f) > 0 {
+			names = append(names, f[0])
+		}
+	}
+	sort.Strings(names)
+	return names
 }
 
 // stopAppUnits stops every instance unit of the app (leftovers of a killed

@@ -77,8 +77,9 @@ type Options struct {
 	Balance Balance
 	// OnError, if set, is called for every upstream failure and every
 	// exchange cut at a drain deadline (errors.Is(err, ErrDrained)), with
-	// the release the exchange was routed to. It is the daemon's
-	// "proxy error" event (spec §4.7). Client aborts are not reported. It
+	// the release the exchange was routed to. The daemon turns it into the
+	// "proxy error" event (spec §4.7), or "proxy request drained" for a
+	// drain cut. Client aborts are not reported. It
 	// runs on the request goroutine and must not block.
 	OnError func(release string, err error)
 	// Logger, if set, receives the same errors at Warn level, accept

@@ -2,6 +2,7 @@ package release
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"sort"
@@ -14,8 +15,9 @@ import (
 )
 
 // PriorState is what a previous daemon persisted in statePath (the status
-// object); it supplies what units cannot carry: which release was active,
-// stopped releases kept for rollback, timestamps and restart counters.
+// object plus the event history); it supplies what units cannot carry:
+// which release was active, stopped releases kept for rollback, timestamps,
+// restart counters and events.
 type PriorState struct {
 	ActiveReleaseID *string `json:"activeReleaseId"`
 	Releases        []struct {
@@ -31,13 +33,42 @@ type PriorState struct {
 	} `json:"releases"`
 	Services   []struct{ Process priorProcess } `json:"services"`
 	Singletons []struct{ Process priorProcess } `json:"singletons"`
+	// Events is the previous daemon's (sanitized) event history.
+	Events priorEvents `json:"events"`
+}
+
+// priorEvents decodes a persisted history leniently: an entry that cannot
+// be read is skipped instead of making the whole state unreadable.
+type priorEvents []Event
+
+func (p *priorEvents) UnmarshalJSON(raw []byte) error {
+	var list []json.RawMessage
+	if json.Unmarshal(raw, &list) != nil {
+		*p = nil
+		return nil
+	}
+	out := make([]Event, 0, len(list))
+	for _, r := range list {
+		var e Event
+		if json.Unmarshal(r, &e) == nil {
+			out = append(out, e)
+		}
+	}
+	*p = out
+	return nil
 }
 
 type priorProcess struct {
-	ID              string `json:"id"`
-	Restarts        int    `json:"restarts"`
-	LastStartReason string `json:"lastStartReason"`
-	MemoryRestarts  int    `json:"memoryRestarts"`
+	ID                  string   `json:"id"`
+	Restarts            int      `json:"restarts"`
+	RestartTimes        []string `json:"restartTimes"`
+	LastStartReason     string   `json:"lastStartReason"`
+	MemoryRestarts      int      `json:"memoryRestarts"`
+	LastMemoryRestartAt string   `json:"lastMemoryRestartAt"`
+	// State, Unit and Port locate an instance whose unit is gone.
+	State string `json:"state"`
+	Unit  string `json:"unit"`
+	Port  int    `json:"port"`
 }
 
 // Adopted summarizes a re-adoption.
@@ -50,25 +81,40 @@ type Adopted struct {
 	Foreign []units.Status
 	// Active is the release traffic was switched to ("" for none).
 	Active string
+	// Crashed lists the units of instances whose process ended while no
+	// daemon ran; they go through the crash-restart policy.
+	Crashed []string
+
+	crashed []*instance
 }
 
 // Adopt rebuilds releases, services and singletons from the runner's live
 // units after a daemon restart: running units keep running and keep their
-// pids; nothing is started or duplicated. prior (may be nil) is the previous
-// daemon's snapshot. Call it after Run and before serving any command.
+// pids; nothing is started or duplicated. An instance the previous daemon
+// supervised whose process ended while no daemon ran (see crashedUnits) is
+// adopted as crashed and goes through the crash-restart policy. prior (may
+// be nil) is the previous daemon's snapshot; its events are restored into
+// the history. Call it after Run and before serving any command.
 func (m *Manager) Adopt(ctx context.Context, prior *PriorState) (Adopted, error) {
 	var res Adopted
 	list, err := m.runner.List(ctx, m.config().Application)
 	if err != nil {
 		return res, fmt.Errorf("list units to re-adopt: %w", err)
 	}
+	if prior != nil {
+		m.events.Restore(prior.Events)
+	}
 	cfg := m.config()
 	byRelease := map[string][]units.Status{}
-	var serviceUnits, singletonUnits []units.Status
+	var serviceUnits, singletonUnits, live, ended []units.Status
 	for _, st := range list {
 		if st.MainPID == 0 || st.State == units.StateExited || st.State == units.StateFailed {
+			ended = append(ended, st)
 			continue
 		}
+		live = append(live, st)
+	}
+	for _, st := range append(live, m.crashedUnits(cfg, prior, live, ended)...) {
 		def := cfg.Process(st.Identity.Process)
 		switch {
 		case def == nil || st.Identity.Replica >= def.Replicas:
@@ -138,7 +184,189 @@ func (m *Manager) Adopt(ctx context.Context, prior *PriorState) (Adopted, error)
 			"hint": "No process of the current config matches this unit; stop it with systemctl stop if it is a leftover."})
 	}
 	m.events.Emit("units adopted", map[string]any{"count": len(res.Instances), "activeReleaseId": nilIfEmpty(res.Active)})
+	// Crashed instances are handled once everything is wired, so a restart
+	// that rejoins the pool finds its release active.
+	for _, in := range res.crashed {
+		m.adoptCrash(ctx, in)
+	}
 	return res, nil
+}
+
+// crashedUnits lists the instances the previous daemon supervised whose
+// process ended while no daemon ran, as unit statuses without a main pid:
+// an ended unit the runner still lists (systemd keeps a failed unit loaded),
+// or, for runners whose units outlive the daemon, one that is gone
+// altogether (a clean exit is collected at once) but that prior recorded
+// as wanted. Only instances prior knows (the active release's, persistent
+// services, singletons) qualify, and only when no live unit serves the
+// same replica slot. Without prior nothing qualifies: which release was
+// active, and whether the process was still wanted, is unknown.
+func (m *Manager) crashedUnits(cfg *config.Config, prior *PriorState, live, ended []units.Status) []units.Status {
+	if prior == nil {
+		return nil
+	}
+	type slot struct {
+		release, process string
+		replica          int
+	}
+	slotOf := func(id units.Identity) slot { return slot{id.Release, id.Process, id.Replica} }
+	taken := map[slot]bool{}
+	for _, st := range live {
+		taken[slotOf(st.Identity)] = true
+	}
+	// wanted maps a slot to the prior record of an instance the previous
+	// daemon meant to keep running, with the release it was built from.
+	type want struct {
+		p   *priorProcess
+		rel int // index in prior.Releases, -1: unknown
+	}
+	wanted := map[slot]want{}
+	relIndex := func(id string) int {
+		for i := range prior.Releases {
+			if prior.Releases[i].ReleaseID == id {
+				return i
+			}
+		}
+		return -1
+	}
+	consider := func(p *priorProcess, onlyRelease string) {
+		if p.State == stateStopped || p.Unit == "" {
+			return // stopped on purpose, or nothing to address it by
+		}
+		_, rel, _, _, ok := units.ParseUnitNameGeneration(p.Unit)
+		if !ok || onlyRelease != "" && rel != onlyRelease {
+			return
+		}
+		def, replica := processOf(cfg, p.ID)
+		if def == nil {
+			return
+		}
+		s := slot{rel, def.ID, replica}
+		if cur, ok := wanted[s]; ok && unitGeneration(cur.p.Unit) >= unitGeneration(p.Unit) {
+			return
+		}
+		wanted[s] = want{p, relIndex(rel)}
+	}
+	if prior.ActiveReleaseID != nil {
+		if i := relIndex(*prior.ActiveReleaseID); i >= 0 {
+			for j := range prior.Releases[i].Processes {
+				consider(&prior.Releases[i].Processes[j], prior.Releases[i].ReleaseID)
+			}
+		}
+	}
+	for i := range prior.Services {
+		consider(&prior.Services[i].Process, "")
+	}
+	for i := range prior.Singletons {
+		consider(&prior.Singletons[i].Process, "")
+	}
+
+	var out []units.Status
+	found := map[slot]bool{}
+	sort.Slice(ended, func(i, j int) bool { return ended[i].Identity.Generation > ended[j].Identity.Generation })
+	for _, st := range ended {
+		s := slotOf(st.Identity)
+		if taken[s] || found[s] {
+			continue
+		}
+		if _, ok := wanted[s]; !ok {
+			continue
+		}
+		found[s] = true
+		st.MainPID, st.PIDs = 0, nil
+		if st.Exit == nil {
+			st.Exit = &units.Exit{Code: -1}
+		}
+		out = append(out, st)
+	}
+	if m.runner.Kind() == execRunnerKind {
+		// The exec runner's children do not survive the daemon as units:
+		// what prior recorded is reported as advisory orphans instead.
+		return out
+	}
+	var gone []slot
+	for s := range wanted {
+		if !taken[s] && !found[s] {
+			gone = append(gone, s)
+		}
+	}
+	sort.Slice(gone, func(i, j int) bool {
+		a, b := gone[i], gone[j]
+		if a.release != b.release {
+			return a.release < b.release
+		}
+		if a.process != b.process {
+			return a.process < b.process
+		}
+		return a.replica < b.replica
+	})
+	for _, s := range gone {
+		w := wanted[s]
+		if w.rel < 0 {
+			continue // its release context is not known any more
+		}
+		pr := prior.Releases[w.rel]
+		def := cfg.Process(s.process)
+		id := def.Identity(cfg.Application, s.release, s.replica)
+		id.Generation = unitGeneration(w.p.Unit)
+		env := []string{config.EnvReleasePath + "=" + pr.ReleasePath, config.EnvRevision + "=" + pr.Revision}
+		for pid, port := range pr.Ports {
+			env = append(env, config.PortEnvName(pid)+"="+strconv.Itoa(port))
+		}
+		if w.p.Port != 0 {
+			env = append(env, config.EnvPort+"="+strconv.Itoa(w.p.Port))
+		}
+		// No unit is left: the exit status is unknown. A prior "failed"
+		// state means its exit was reported already.
+		st := units.Status{Name: w.p.Unit, Identity: id, State: units.StateUnknown, Env: env}
+		if w.p.State != stateFailed {
+			st.Exit = &units.Exit{Code: -1}
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+// execRunnerKind is units/exec's Kind.
+const execRunnerKind = "exec"
+
+// processOf finds the definition and replica of an instance id.
+func processOf(cfg *config.Config, instanceID string) (*config.Process, int) {
+	for i := range cfg.Processes {
+		d := &cfg.Processes[i]
+		for r := 0; r < d.Replicas; r++ {
+			if d.InstanceID(r) == instanceID {
+				return d, r
+			}
+		}
+	}
+	return nil, 0
+}
+
+func unitGeneration(name string) int {
+	_, _, _, g, _ := units.ParseUnitNameGeneration(name)
+	return g
+}
+
+// adoptCrash handles an instance whose process ended while no daemon ran
+// as onExit handles a crash: the leftover unit is cleared so its name is
+// free, "process exited" is reported (unless prior had reported it) and the
+// crash-restart policy applies with the restored restart budget. A proxied
+// replica rejoins the pool only once its readiness checks pass.
+func (m *Manager) adoptCrash(ctx context.Context, in *instance) {
+	in.mu.Lock()
+	unit, exited, exit := in.unit, in.exited, in.exit
+	in.mu.Unlock()
+	// Stop on an ended unit only resets it (systemd: reset-failed).
+	if err := m.runner.Stop(ctx, unit, 0, units.Grace{}); err != nil {
+		m.log.Warn("clear the ended unit of a crashed instance", "unit", unit, "error", err)
+	}
+	if exited {
+		in.emit("process exited", map[string]any{"code": exitCode(exit), "id": in.id, "signal": exitSignal(exit)})
+	}
+	if in.scope.wantsRunning() && !m.isStopping() {
+		in.scheduleRestart()
+	}
 }
 
 // staleReplica is an older incarnation of a proxied replica slot found
@@ -292,8 +520,9 @@ func (m *Manager) adoptInto(rec *releaseRec, cfg *config.Config, live []units.St
 			rec.instances = append(rec.instances, in)
 			if in.def.Load().Policy == config.Proxied {
 				// A running replica of a live release was serving: it is
-				// in the pool again.
-				in.inRotation = in.port != 0
+				// in the pool again. A crashed one rejoins after its
+				// restart passes the readiness checks.
+				in.inRotation = in.port != 0 && in.pid != 0
 			}
 		}
 	}
@@ -348,12 +577,29 @@ func (m *Manager) adoptInstance(cfg *config.Config, st units.Status, sc scope, p
 	in.startedAt = st.StartedAt
 	if p := findPrior(prior, st.Identity.Release, in.id, def); p != nil {
 		in.restarts, in.lastStartReason, in.memoryRestarts = p.Restarts, p.LastStartReason, p.MemoryRestarts
+		in.lastMemoryRestartAt = parseStamp(p.LastMemoryRestartAt)
+		for _, s := range p.RestartTimes {
+			if t := parseStamp(s); !t.IsZero() {
+				in.restartTimes = append(in.restartTimes, t)
+			}
+		}
+	}
+	m.track(st.Name, in)
+	if st.MainPID == 0 {
+		// Ended while no daemon ran (crashedUnits): Adopt hands it to
+		// adoptCrash once everything is wired.
+		in.state = stateFailed
+		if st.Exit != nil {
+			in.exited, in.exit = true, *st.Exit
+		}
+		res.Crashed = append(res.Crashed, st.Name)
+		res.crashed = append(res.crashed, in)
+		return in
 	}
 	in.mu.Lock()
 	in.startSamplerLocked()
 	in.armRecycleLocked()
 	in.mu.Unlock()
-	m.track(st.Name, in)
 	res.Instances = append(res.Instances, st.Name)
 	res.PIDs = append(res.PIDs, st.MainPID)
 	return in

@@ -486,8 +486,10 @@ func (m *Manager) startupDiagnostics(ctx context.Context, rec *releaseRec, cause
 		if st.PID != 0 {
 			pid = st.PID
 		}
+		// No command (secret-free events); the output is kept, the state
+		// file strips it.
 		in.emitFor(rec.id, "release startup process status", map[string]any{
-			"command": st.Command, "exitCode": st.ExitCode.value(), "exitSignal": st.ExitSignal.value(),
+			"exitCode": st.ExitCode.value(), "exitSignal": st.ExitSignal.value(),
 			"logs": m.instanceLogs(ctx, in), "phase": phase, "pid": pid, "state": st.State,
 		})
 	}

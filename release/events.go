@@ -31,6 +31,24 @@ func (e Event) MarshalJSON() ([]byte, error) {
 	}{Timestamp(e.At), data, e.Message})
 }
 
+// UnmarshalJSON reads an event as MarshalJSON renders it (a persisted
+// history).
+func (e *Event) UnmarshalJSON(raw []byte) error {
+	var v struct {
+		At      string         `json:"at"`
+		Data    map[string]any `json:"data"`
+		Message string         `json:"message"`
+	}
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return err
+	}
+	// An unreadable timestamp is kept as the zero time rather than losing
+	// the event.
+	at, _ := time.Parse(time.RFC3339Nano, v.At)
+	*e = Event{At: at, Message: v.Message, Data: v.Data}
+	return nil
+}
+
 // Timestamp formats t like the original: ISO-8601 UTC with milliseconds.
 func Timestamp(t time.Time) string {
 	return t.UTC().Format("2006-01-02T15:04:05.000Z")
@@ -83,6 +101,29 @@ func (e *Events) Emit(message string, data map[string]any) {
 		attrs = append(attrs, slog.Any(k, v))
 	}
 	e.log.LogAttrs(context.Background(), slog.LevelInfo, message, slog.Attr{Key: "data", Value: slog.GroupValue(attrs...)})
+}
+
+// Restore puts a previous daemon's history (oldest first) before the
+// events recorded so far, keeping the newest EventHistory. Restored events
+// are neither logged again nor sent to subscribers.
+func (e *Events) Restore(prior []Event) {
+	if len(prior) == 0 {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var cur []Event
+	if e.full {
+		cur = append(cur, e.ring[e.next:]...)
+	}
+	cur = append(cur, e.ring[:e.next]...)
+	all := append(append([]Event(nil), prior...), cur...)
+	if over := len(all) - len(e.ring); over > 0 {
+		all = all[over:]
+	}
+	clear(e.ring)
+	n := copy(e.ring, all)
+	e.next, e.full = n%len(e.ring), n == len(e.ring)
 }
 
 // Publish sends a transient event to subscribers only: it is neither kept

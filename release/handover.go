@@ -114,7 +114,7 @@ func (m *Manager) Quiesce(ctx context.Context) {
 			bound = 30 * time.Second
 		}
 		wg.Go(func() {
-			hookRunner{in: in, env: env, cwd: cwd, pid: pid}.run(ctx, "quiet command", def.Lifecycle.QuietCommand, bound)
+			newHookRunner(in, def, env, cwd, pid).run(ctx, "quiet command", def.Lifecycle.QuietCommand, bound)
 		})
 	}
 	wg.Wait()

@@ -9,18 +9,28 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/rollbridge/rollbridge/config"
 	"github.com/rollbridge/rollbridge/units"
+	"github.com/rollbridge/rollbridge/units/account"
 )
 
 // hookRunner runs lifecycle hooks (spec §5.6): /bin/sh -c in the process's
-// cwd and environment plus ROLLBRIDGE_PID, in a process group of its own so
-// a hook that hangs is killed as a whole at its bound. Output is discarded.
-// Failures are reported as events and never abort the stop sequence.
+// cwd and environment plus ROLLBRIDGE_PID, as the process's account (its
+// user/group settings: a hook never has more rights than its process), in a
+// process group of its own so a hook that hangs is killed as a whole at its
+// bound. Output is discarded. Failures are reported as events and never
+// abort the stop sequence.
 type hookRunner struct {
 	in  *instance
 	env []string
 	cwd string
 	pid int
+	// user and group are the process definition's account settings.
+	user, group string
+}
+
+func newHookRunner(in *instance, def *config.Process, env []string, cwd string, pid int) hookRunner {
+	return hookRunner{in: in, env: env, cwd: cwd, pid: pid, user: def.User, group: def.Group}
 }
 
 func (h hookRunner) run(ctx context.Context, label, command string, bound time.Duration) {
@@ -35,6 +45,13 @@ func (h hookRunner) run(ctx context.Context, label, command string, bound time.D
 	if _, err := os.Stat(h.cwd); err != nil {
 		cmd.Dir = "/"
 	}
+	cred, err := account.Credential(h.user, h.group)
+	if err != nil {
+		// Never fall back to the daemon's account.
+		h.in.emit(label+" failed", map[string]any{"error": err.Error(), "id": h.in.id})
+		return
+	}
+	cmd.SysProcAttr.Credential = cred
 	if err := cmd.Start(); err != nil {
 		h.in.emit(label+" failed", map[string]any{"error": err.Error(), "id": h.in.id})
 		return
@@ -43,7 +60,6 @@ func (h hookRunner) run(ctx context.Context, label, command string, bound time.D
 	go func() { done <- cmd.Wait() }()
 	timer := time.NewTimer(bound)
 	defer timer.Stop()
-	var err error
 	select {
 	case err = <-done:
 	case <-timer.C:

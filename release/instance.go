@@ -301,10 +301,11 @@ func (in *instance) start(ctx context.Context, reason string) error {
 	in.armRecycleLocked()
 	early := in.earlyExit
 	in.earlyExit = nil
-	cmd := in.built.Command
 	pid := in.pid
 	in.mu.Unlock()
-	in.emit("process started", map[string]any{"command": cmd, "id": in.id, "pid": pid, "reason": reason})
+	// No command: events must not carry secrets (it may embed env values);
+	// status shows the current definition's command.
+	in.emit("process started", map[string]any{"id": in.id, "pid": pid, "reason": reason})
 	if early != nil && (early.PID == 0 || pid == 0 || early.PID == pid) {
 		in.onExit(*early)
 	}
@@ -320,6 +321,11 @@ func (in *instance) specLocked() units.Spec {
 		StopSignal:  in.def.Load().StopSignal,
 		Grace:       in.def.Load().GracefulStop,
 		OutputLines: in.def.Load().OutputLines,
+		User:        in.def.Load().User,
+		Group:       in.def.Load().Group,
+	}
+	if m := in.def.Load().Memory; m != nil {
+		spec.MemoryMax = m.MaxBytes
 	}
 	if h := in.def.Load().Health; h != nil && h.Notify {
 		// health.startDelayMs + timeoutMs bound the wait for READY=1.
@@ -559,7 +565,7 @@ func (in *instance) stopSequence(ctx context.Context, unit string, pid int, def 
 	if def.GracefulStop.Indefinite {
 		hookTimeout = 30 * time.Second
 	}
-	hooks := hookRunner{in: in, env: env, cwd: cwd, pid: pid}
+	hooks := newHookRunner(in, def, env, cwd, pid)
 	in.mu.Lock()
 	quieted := in.quieted
 	in.mu.Unlock()

@@ -76,13 +76,17 @@ type ProcessStatus struct {
 	MemoryRestarts      int        `json:"memoryRestarts"`
 	PID                 int        `json:"pid,omitempty"`
 	// Port is the instance's own port (each proxied replica has one).
-	Port      int    `json:"port,omitempty"`
-	Restarts  int    `json:"restarts"`
-	RSSBytes  uint64 `json:"rssBytes,omitempty"`
-	StartedAt string `json:"startedAt,omitempty"`
-	State     string `json:"state"`
-	Unit      string `json:"unit"`
-	UptimeMs  *int64 `json:"uptimeMs,omitempty"`
+	Port int `json:"port,omitempty"`
+	// RestartTimes are the crash times that still count against
+	// restart.maxRestarts (spec §5.4); persisted in statePath so a new
+	// daemon keeps the restart budget.
+	RestartTimes []string `json:"restartTimes,omitempty"`
+	Restarts     int      `json:"restarts"`
+	RSSBytes     uint64   `json:"rssBytes,omitempty"`
+	StartedAt    string   `json:"startedAt,omitempty"`
+	State        string   `json:"state"`
+	Unit         string   `json:"unit"`
+	UptimeMs     *int64   `json:"uptimeMs,omitempty"`
 }
 
 // Connections are a release's live proxy connections.
@@ -230,16 +234,23 @@ func (m *Manager) processStatus(ctx context.Context, in *instance, withLogs bool
 		up := m.now().Sub(in.startedAt).Milliseconds()
 		ps.UptimeMs = &up
 	}
+	def := in.def.Load()
+	for _, t := range in.restartTimes {
+		if def.Restart.Window <= 0 || t.After(m.now().Add(-def.Restart.Window)) {
+			ps.RestartTimes = append(ps.RestartTimes, Timestamp(t))
+		}
+	}
 	ps.MemoryRestarts = in.memoryRestarts
 	ps.LastMemoryRestartAt = stamp(in.lastMemoryRestartAt)
 	if in.children != nil {
 		ps.Children = append(ps.Children, in.children...)
 	}
 	ps.RSSBytes = in.rssBytes
-	unit, live, sampled := in.unit, in.pid != 0, in.def.Load().Memory != nil
+	unit, live, sampled := in.unit, in.pid != 0, def.Memory != nil
 	in.mu.Unlock()
-	if live && !sampled {
-		// Without memory supervision, still report the current figure.
+	if live && (!sampled || ps.RSSBytes == 0) {
+		// Without memory supervision, or before its first sample, still
+		// report the current figure.
 		sctx, cancel := context.WithTimeout(ctx, logsTimeout)
 		if rs, err := m.runner.Status(sctx, unit); err == nil && rs.MemoryBytes > 0 {
 			ps.RSSBytes = rs.MemoryBytes

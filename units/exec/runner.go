@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/rollbridge/rollbridge/units"
+	"github.com/rollbridge/rollbridge/units/account"
 )
 
 // DefaultOutputLines is the log ring size when Spec.OutputLines is 0.
@@ -327,7 +328,7 @@ func command(spec units.Spec) (*osexec.Cmd, error) {
 	if err != nil {
 		return nil, err
 	}
-	cred, err := credential(spec.User, spec.Group)
+	cred, err := account.Credential(spec.User, spec.Group)
 	if err != nil {
 		return nil, err
 	}

@@ -198,15 +198,47 @@ func (r *Runner) startError(name string, spec units.Spec, err error, jerr *dbusc
 	case errors.Is(err, dbusctl.ErrUnitExists):
 		return fmt.Errorf("start %s: %w", name, units.ErrAlreadyRunning)
 	case jerr != nil && jerr.ExitCode == dbusctl.CLDExited && jerr.ExitStatus == 200:
-		return &startError{err: jerr, msg: fmt.Sprintf("start %s: working directory %q does not exist or is not accessible (systemd: %s)",
-			name, spec.Dir, jerr.Reason())}
+		return &startError{err: jerr, msg: fmt.Sprintf("start %s: working directory %q does not exist or is not accessible%s (systemd: %s)",
+			name, spec.Dir, asUser(spec), jerr.Reason())}
 	case jerr != nil && jerr.ExitCode == dbusctl.CLDExited && jerr.ExitStatus == 203:
-		return &startError{err: jerr, msg: fmt.Sprintf("start %s: program %q could not be executed (systemd: %s)",
-			name, r.program(spec), jerr.Reason())}
+		return &startError{err: jerr, msg: fmt.Sprintf("start %s: program %q could not be executed%s (systemd: %s)",
+			name, r.program(spec), asUser(spec), jerr.Reason())}
+	case jerr != nil && jerr.ExitCode == dbusctl.CLDExited && (jerr.ExitStatus == exitUser || jerr.ExitStatus == exitGroup):
+		// systemd resolves User=/Group= in the forked child: an unknown
+		// account is a spawn failure, not a config error it could report.
+		return &startError{err: jerr, msg: fmt.Sprintf("start %s: %s: no such account on this machine, or it could not be switched to (systemd: %s); "+
+			"create the account or fix user/group of the process in the config", name, accountText(spec), jerr.Reason())}
 	case jerr != nil:
 		return jerr // already names the unit and systemd's account
 	}
 	return fmt.Errorf("start %s: %w", name, err)
+}
+
+// systemd's spawn exit statuses for a User=/Group= that cannot be resolved
+// or applied (EXIT_USER, EXIT_GROUP).
+const (
+	exitGroup = 216
+	exitUser  = 217
+)
+
+// accountText names the process's user/group settings for an error.
+func accountText(spec units.Spec) string {
+	switch {
+	case spec.User != "" && spec.Group != "":
+		return fmt.Sprintf("user %q, group %q", spec.User, spec.Group)
+	case spec.User != "":
+		return fmt.Sprintf("user %q", spec.User)
+	}
+	return fmt.Sprintf("group %q", spec.Group)
+}
+
+// asUser is " as user X" when the instance runs as another account (a
+// program or directory may be unreadable for it but not for root).
+func asUser(spec units.Spec) string {
+	if spec.User == "" {
+		return ""
+	}
+	return fmt.Sprintf(" as user %q", spec.User)
 }
 
 // startError rewords a *dbusctl.JobError for the user while keeping it
@@ -237,6 +269,14 @@ func (r *Runner) checkSpec(spec units.Spec) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
+	if r.user && (spec.User != "" || spec.Group != "") {
+		// dbusctl refuses this too, but in terms of unit properties; name
+		// the config fields and the way out instead.
+		return fmt.Errorf("%w: %s: a systemd user manager cannot run a process as another account; "+
+			"remove user/group from the process in the config or run the daemon under the system manager (rollbridge@.service as root)",
+			dbusctl.ErrNotSupported, accountText(spec))
+	}
+
 	// With the systemd-cat wrapper systemd only sees systemd-cat being
 	// executed, so check the program ourselves to keep "missing program"
 	// a start failure.
@@ -325,6 +365,12 @@ func (r *Runner) transientSpec(spec units.Spec) dbusctl.TransientSpec {
 		User:      spec.User,
 		Group:     spec.Group,
 		MemoryMax: spec.MemoryMax,
+	}
+	if r.user {
+		// The hard backstop is optional (memory.maxBytes applies where the
+		// manager supports it); a user manager refuses MemoryMax=, and the
+		// graceful memory.limitBytes restart still applies.
+		ts.MemoryMax = 0
 	}
 	if spec.Notify {
 		ts.Notify, ts.TimeoutStart = true, startTimeout(spec)
