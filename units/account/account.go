@@ -26,7 +26,7 @@ func Credential(userName, groupName string) (*syscall.Credential, error) {
 	if os.Geteuid() != 0 {
 		return nil, fmt.Errorf("%s: only a daemon running as root can switch accounts; "+
 			"run the daemon as root, use the systemd system manager, or remove user/group from the process in the config",
-			accountText(userName, groupName))
+			Text(userName, groupName))
 	}
 	cred := &syscall.Credential{Uid: 0, Gid: 0}
 	if userName != "" {
@@ -51,8 +51,9 @@ func Credential(userName, groupName string) (*syscall.Credential, error) {
 	return cred, nil
 }
 
-// accountText names the process's user/group settings for an error.
-func accountText(userName, groupName string) string {
+// Text names a process's user/group settings for an error message:
+// `user "shop"`, `group "web"` or `user "shop", group "web"`.
+func Text(userName, groupName string) string {
 	switch {
 	case userName != "" && groupName != "":
 		return fmt.Sprintf("user %q, group %q", userName, groupName)

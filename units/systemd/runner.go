@@ -25,6 +25,7 @@ import (
 
 	"github.com/rollbridge/rollbridge/dbusctl"
 	"github.com/rollbridge/rollbridge/units"
+	"github.com/rollbridge/rollbridge/units/account"
 	"github.com/rollbridge/rollbridge/units/journal"
 )
 
@@ -207,7 +208,7 @@ func (r *Runner) startError(name string, spec units.Spec, err error, jerr *dbusc
 		// systemd resolves User=/Group= in the forked child: an unknown
 		// account is a spawn failure, not a config error it could report.
 		return &startError{err: jerr, msg: fmt.Sprintf("start %s: %s: no such account on this machine, or it could not be switched to (systemd: %s); "+
-			"create the account or fix user/group of the process in the config", name, accountText(spec), jerr.Reason())}
+			"create the account or fix user/group of the process in the config", name, account.Text(spec.User, spec.Group), jerr.Reason())}
 	case jerr != nil:
 		return jerr // already names the unit and systemd's account
 	}
@@ -220,17 +221,6 @@ const (
 	exitGroup = 216
 	exitUser  = 217
 )
-
-// accountText names the process's user/group settings for an error.
-func accountText(spec units.Spec) string {
-	switch {
-	case spec.User != "" && spec.Group != "":
-		return fmt.Sprintf("user %q, group %q", spec.User, spec.Group)
-	case spec.User != "":
-		return fmt.Sprintf("user %q", spec.User)
-	}
-	return fmt.Sprintf("group %q", spec.Group)
-}
 
 // asUser is " as user X" when the instance runs as another account (a
 // program or directory may be unreadable for it but not for root).
@@ -274,7 +264,7 @@ func (r *Runner) checkSpec(spec units.Spec) error {
 		// the config fields and the way out instead.
 		return fmt.Errorf("%w: %s: a systemd user manager cannot run a process as another account; "+
 			"remove user/group from the process in the config or run the daemon under the system manager (rollbridge@.service as root)",
-			dbusctl.ErrNotSupported, accountText(spec))
+			dbusctl.ErrNotSupported, account.Text(spec.User, spec.Group))
 	}
 
 	// With the systemd-cat wrapper systemd only sees systemd-cat being
