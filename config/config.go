@@ -351,6 +351,20 @@ func (c *Config) Process(id string) *Process {
 	return nil
 }
 
+// Instance finds the process and replica of an instance id ("web",
+// "worker#1"); nil when no process of c has that instance.
+func (c *Config) Instance(instanceID string) (*Process, int) {
+	for i := range c.Processes {
+		d := &c.Processes[i]
+		for r := 0; r < d.Replicas; r++ {
+			if d.InstanceID(r) == instanceID {
+				return d, r
+			}
+		}
+	}
+	return nil, 0
+}
+
 // InstanceID is the user-visible id of one replica: the process id, or
 // "<id>#<replica>" when the process has more than one replica.
 func (p *Process) InstanceID(replica int) string {

@@ -237,7 +237,7 @@ func (m *Manager) crashedUnits(cfg *config.Config, prior *PriorState, live, ende
 		if !ok || onlyRelease != "" && rel != onlyRelease {
 			return
 		}
-		def, replica := processOf(cfg, p.ID)
+		def, replica := cfg.Instance(p.ID)
 		if def == nil {
 			return
 		}
@@ -329,19 +329,6 @@ func (m *Manager) crashedUnits(cfg *config.Config, prior *PriorState, live, ende
 
 // execRunnerKind is units/exec's Kind.
 const execRunnerKind = "exec"
-
-// processOf finds the definition and replica of an instance id.
-func processOf(cfg *config.Config, instanceID string) (*config.Process, int) {
-	for i := range cfg.Processes {
-		d := &cfg.Processes[i]
-		for r := 0; r < d.Replicas; r++ {
-			if d.InstanceID(r) == instanceID {
-				return d, r
-			}
-		}
-	}
-	return nil, 0
-}
 
 func unitGeneration(name string) int {
 	_, _, _, g, _ := units.ParseUnitNameGeneration(name)

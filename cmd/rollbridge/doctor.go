@@ -22,7 +22,8 @@ directory is writable and no processes of a previous daemon are left; with
 --release-path also that the release exists and every process's templates and
 working directory resolve. Then the systemd side: which runner the daemon would
 use (ROLLBRIDGE_RUNNER), transient units, journald, socket activation,
-leftover units and memory accounting. Only probes; exits 1 if a check fails.`,
+leftover units, the application slice and memory accounting. Only probes;
+exits 1 if a check fails.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			report := a.doctor(cmd, path, doctor.Options{

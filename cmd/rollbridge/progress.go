@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"time"
 
 	"github.com/rollbridge/rollbridge/config"
@@ -22,35 +21,30 @@ type progressView struct {
 	start    time.Time
 	// open is true while the last line is a provisional one (no newline).
 	open bool
-	// procs describes the config's processes by id, so a start can be
-	// labelled with its policy and replica count; started counts them.
-	procs   map[string]*config.Process
+	// cfg labels a start with its policy and replica count; started
+	// counts the starts per process.
+	cfg     *config.Config
 	started map[string]int
 }
 
 func newProgressView(w io.Writer, terminal bool, cfg *config.Config) *progressView {
-	v := &progressView{w: w, terminal: terminal, start: time.Now(),
-		procs: map[string]*config.Process{}, started: map[string]int{}}
-	if cfg != nil {
-		for i := range cfg.Processes {
-			v.procs[cfg.Processes[i].ID] = &cfg.Processes[i]
-		}
-	}
-	return v
+	return &progressView{w: w, terminal: terminal, start: time.Now(), cfg: cfg, started: map[string]int{}}
 }
 
 // startedLabel names what a started instance is: "companion 2/4" for the
 // second of four worker replicas, "proxied" for a single web process.
 func (v *progressView) startedLabel(id string) string {
-	base, _, _ := strings.Cut(id, "#")
-	def, ok := v.procs[base]
-	if !ok {
+	if v.cfg == nil {
+		return ""
+	}
+	def, _ := v.cfg.Instance(id)
+	if def == nil {
 		return ""
 	}
 	label := string(def.Policy)
 	if def.Replicas > 1 {
-		v.started[base]++
-		label += fmt.Sprintf(" %d/%d", v.started[base], def.Replicas)
+		v.started[def.ID]++
+		label += fmt.Sprintf(" %d/%d", v.started[def.ID], def.Replicas)
 	}
 	return label
 }
