@@ -6,8 +6,8 @@
 // for a release directory, that every template renders and every working
 // directory exists — and then that the systemd side is sound: which runner
 // the daemon would pick, whether transient units can be started, whether
-// journald can be read back, socket activation, leftover units and memory
-// accounting.
+// journald can be read back, socket activation, leftover units, the
+// application's slice and memory accounting.
 //
 // Doctor only probes: it never binds anything for longer than a test bind,
 // starts no unit and signals no process.
@@ -39,6 +39,7 @@ const (
 	CheckJournald         = "journald"
 	CheckSocketActivation = "socket activation"
 	CheckLeftoverUnits    = "leftover units"
+	CheckSlice            = "application slice"
 	CheckMemoryAccounting = "memory accounting"
 )
 
@@ -118,6 +119,8 @@ type Options struct {
 
 	// procDir replaces /proc (tests of the VmRSS fallback).
 	procDir string
+	// authorize replaces the polkit question (nil = askPolkit).
+	authorize authorizeFunc
 }
 
 // doctor collects the checks of one run.

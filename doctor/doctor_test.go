@@ -115,7 +115,7 @@ func names(r Report) []string {
 	return out
 }
 
-var systemdChecks = []string{CheckSystemdManager, CheckTransientUnits, CheckJournald, CheckSocketActivation, CheckLeftoverUnits, CheckMemoryAccounting}
+var systemdChecks = []string{CheckSystemdManager, CheckTransientUnits, CheckJournald, CheckSocketActivation, CheckLeftoverUnits, CheckSlice, CheckMemoryAccounting}
 
 func TestAllChecksPass(t *testing.T) {
 	f := newFixture(t, `statePath: "state/rb.json",`, `[
@@ -535,5 +535,42 @@ func TestCheckJSONShape(t *testing.T) {
 	}
 	if want := `{"checks":[{"detail":"d","name":"config","ok":true}],"ok":true}`; string(raw) != want {
 		t.Errorf("json %s, want %s", raw, want)
+	}
+}
+
+// TestFailingReportJSONShape: a report with a broken check keeps the shape
+// `doctor --json` prints: {"checks": [{"detail", "name", "ok"}…], "ok"}.
+func TestFailingReportJSONShape(t *testing.T) {
+	f := newFixture(t, `statePath: "nodir/state.json",`, processesJS)
+	r := run(t, f.options())
+	raw, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &top); err != nil {
+		t.Fatal(err)
+	}
+	if len(top) != 2 || string(top["ok"]) != "false" || top["checks"] == nil {
+		t.Fatalf("report %s", raw)
+	}
+	var checks []map[string]any
+	if err := json.Unmarshal(top["checks"], &checks); err != nil {
+		t.Fatal(err)
+	}
+	failed := 0
+	for _, c := range checks {
+		_, d := c["detail"].(string)
+		_, n := c["name"].(string)
+		ok, o := c["ok"].(bool)
+		if len(c) != 3 || !d || !n || !o {
+			t.Errorf("check %v: want exactly detail (string), name (string), ok (bool)", c)
+		}
+		if !ok {
+			failed++
+		}
+	}
+	if failed != 1 || r.Failed() != 1 {
+		t.Errorf("%d failed checks in JSON, %d in the report; want 1", failed, r.Failed())
 	}
 }

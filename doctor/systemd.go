@@ -72,10 +72,11 @@ func (m *manager) systemd() bool { return m.runner == RunnerSystemd || m.kind ==
 // checkSystemd runs the Go version's checks after the spec's.
 func (d *doctor) checkSystemd(ctx context.Context, m *manager) {
 	d.checkManager(m)
-	d.checkTransientUnits(m)
+	d.checkTransientUnits(ctx, m)
 	d.checkJournald(ctx, m)
 	d.checkSocketActivation()
 	d.checkLeftoverUnits(m)
+	d.checkSlice(ctx, m)
 	d.checkMemoryAccounting(m)
 }
 
@@ -153,19 +154,24 @@ func managerName(c *dbusctl.Conn) string {
 }
 
 // checkTransientUnits: a user manager starts transient units for its own
-// user; the system manager only for root (or a polkit rule).
-func (d *doctor) checkTransientUnits(m *manager) {
+// user; the system manager for root, and for anyone else only when polkit
+// grants the action, which is asked for without interaction.
+func (d *doctor) checkTransientUnits(ctx context.Context, m *manager) {
 	switch {
 	case m.conn == nil && m.systemd():
 		d.add(CheckTransientUnits, true, "not checked: no systemd manager answers")
 	case m.conn == nil:
 		d.add(CheckTransientUnits, true, "not used: the exec runner starts processes itself")
-	case m.conn.UserManager():
-		d.add(CheckTransientUnits, true, fmt.Sprintf("the user manager starts transient units as uid %d without extra privileges%s", os.Geteuid(), lingerNote()))
-	case os.Geteuid() == 0:
-		d.add(CheckTransientUnits, true, "the system manager accepts transient units from root")
 	default:
-		d.add(CheckTransientUnits, false, fmt.Sprintf("the system manager and uid %d is not root: StartTransientUnit needs root or a polkit rule granting org.freedesktop.systemd1.manage-units — run the daemon as root or under a user manager (XDG_RUNTIME_DIR)", os.Geteuid()))
+		authorize := d.opts.authorize
+		if authorize == nil {
+			authorize = askPolkit
+		}
+		ok, detail := transientPermission(ctx, m.conn.UserManager(), os.Geteuid(), m.conn.Address(), authorize)
+		if ok && m.conn.UserManager() {
+			detail += lingerNote()
+		}
+		d.add(CheckTransientUnits, ok, detail)
 	}
 }
 

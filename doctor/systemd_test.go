@@ -42,6 +42,7 @@ func TestRunnerSelection(t *testing.T) {
 		expect(t, r, CheckTransientUnits, true, "not used: the exec runner starts processes itself")
 		expect(t, r, CheckJournald, true, "not used: the exec runner keeps process output in memory")
 		expect(t, r, CheckLeftoverUnits, true, "not used: the exec runner names no units")
+		expect(t, r, CheckSlice, true, "not used: the exec runner puts processes in no slice")
 		expect(t, r, CheckMemoryAccounting, true, "exec runner: no cgroup per instance; memory is read from VmRSS of each instance's processes")
 	})
 	t.Run("unknown runner", func(t *testing.T) {
@@ -80,6 +81,7 @@ func TestRunnerSelection(t *testing.T) {
 		// Reported once, not once per dependent check.
 		expect(t, r, CheckTransientUnits, true, "not checked: no systemd manager answers")
 		expect(t, r, CheckLeftoverUnits, true, "not checked: no systemd manager answers")
+		expect(t, r, CheckSlice, true, "not checked: no systemd manager answers")
 		expect(t, r, CheckMemoryAccounting, true, "not checked: no systemd manager answers")
 		expect(t, r, CheckJournald, true, "journalctl can read the default journal")
 		if r.Failed() != 1 {
@@ -242,6 +244,8 @@ func TestSystemdChecksRealManager(t *testing.T) {
 	expectPrefix(t, r, CheckJournald, true, "journalctl can read ")
 	pattern := units.AppUnitPattern(f.app)
 	expect(t, r, CheckLeftoverUnits, true, "no running "+pattern+" units")
+	slice := units.AppSlice(f.app)
+	expect(t, r, CheckSlice, true, slice+" is not active: fine before the first deploy, systemd creates it with the first unit")
 	check(t, r, CheckMemoryAccounting)
 	if !r.OK {
 		t.Fatalf("report not ok against a healthy manager")
@@ -257,6 +261,7 @@ func TestSystemdChecksRealManager(t *testing.T) {
 	r = run(t, opts)
 	expect(t, r, CheckLeftoverUnits, true, "1 running unit(s) of a previous daemon will be re-adopted when the daemon starts: "+web)
 	expect(t, r, CheckOrphans, true, "no leftover processes from a previous daemon")
+	expect(t, r, CheckSlice, true, slice+" is active with 1 running instance unit(s)")
 	mem := check(t, r, CheckMemoryAccounting)
 	if !mem.OK || !strings.Contains(mem.Detail, web) {
 		t.Errorf("memory accounting should be read from the running unit: %+v", mem)
@@ -285,4 +290,36 @@ func TestSystemdChecksRealManager(t *testing.T) {
 	opts.Runner = RunnerExec
 	r = run(t, opts)
 	expect(t, r, CheckLeftoverUnits, true, "not used: the exec runner names no units")
+	expect(t, r, CheckSlice, true, "not used: the exec runner puts processes in no slice")
+}
+
+// TestSystemdChecksUnreadableManager: the manager answered the probe but
+// then stopped answering, so units and the slice cannot be listed.
+func TestSystemdChecksUnreadableManager(t *testing.T) {
+	conn := dbusctltest.Connect(t)
+	f := newFixture(t, "", processesJS)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	d := &doctor{opts: f.options()}
+	if !d.checkConfig(ctx) {
+		t.Fatalf("config: %+v", d.checks)
+	}
+	d.checks = nil
+	dead, err := dbusctl.Dial(ctx, dbusctl.Options{Bus: conn.Bus(), Address: conn.Address()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead.Close()
+	m := &manager{kind: RunnerAuto, runner: RunnerSystemd, conn: dead}
+	m.listUnits(ctx, d.cfg)
+	if m.listErr == nil {
+		t.Fatal("listing units on a closed connection succeeded")
+	}
+	d.checkLeftoverUnits(m)
+	d.checkSlice(ctx, m)
+	r := Report{Checks: d.checks}
+	pattern := units.AppUnitPattern(f.app)
+	slice := units.AppSlice(f.app)
+	expectPrefix(t, r, CheckLeftoverUnits, false, "could not list "+pattern+" units: ")
+	expectPrefix(t, r, CheckSlice, false, "could not read the state of "+slice+": ")
 }
