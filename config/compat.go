@@ -7,7 +7,8 @@ import (
 
 // IncompatibleChanges lists the changes from old to new that cannot be
 // applied to a running daemon (spec §2.15), in the order application,
-// control, statePath, proxy.host, proxy.port, proxy.upstreamHost, processes.
+// control, statePath, proxy.host, proxy.port, proxy.upstreamHost, the proxy
+// timeouts (Go additions, fixed when the proxy is created), processes.
 // It returns nil when new can be adopted live.
 func IncompatibleChanges(old, new *Config) []string {
 	var changed []string
@@ -22,6 +23,8 @@ func IncompatibleChanges(old, new *Config) []string {
 	add(old.Proxy.Host != new.Proxy.Host, "proxy.host")
 	add(old.Proxy.Port != new.Proxy.Port, "proxy.port")
 	add(old.Proxy.UpstreamHost != new.Proxy.UpstreamHost, "proxy.upstreamHost")
+	add(old.Proxy.ConnectTimeout != new.Proxy.ConnectTimeout, "proxy.connectTimeoutMs")
+	add(old.Proxy.ResponseHeaderTimeout != new.Proxy.ResponseHeaderTimeout, "proxy.responseHeaderTimeoutMs")
 	add(!sameTopology(old.Processes, new.Processes), "processes")
 	return changed
 }

@@ -118,6 +118,11 @@ type Proxy struct {
 	// ForceStopTimeout is the default gracefulStopMs, recover's
 	// SIGTERM→SIGKILL window and legacyTakeover's default.
 	ForceStopTimeout time.Duration
+	// ConnectTimeout bounds the proxy's connect to an upstream (0: the
+	// proxy's default, 5 s); ResponseHeaderTimeout bounds the wait for a
+	// response head (0: unbounded, as the original). Go additions.
+	ConnectTimeout        time.Duration
+	ResponseHeaderTimeout time.Duration
 }
 
 // ReleaseRetention is the stopped-release retention policy.

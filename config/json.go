@@ -34,6 +34,9 @@ type jsonProxy struct {
 	HealthTimeoutMs    float64 `json:"healthTimeoutMs"`
 	DrainTimeoutMs     float64 `json:"drainTimeoutMs"`
 	ForceStopTimeoutMs float64 `json:"forceStopTimeoutMs"`
+	// Go additions; absent when 0 (the defaults).
+	ConnectTimeoutMs        float64 `json:"connectTimeoutMs,omitempty"`
+	ResponseHeaderTimeoutMs float64 `json:"responseHeaderTimeoutMs,omitempty"`
 }
 
 type jsonRetention struct {
@@ -131,13 +134,15 @@ func (c *Config) MarshalJSON() ([]byte, error) {
 			Group: principalJSON(c.Control.Group),
 		},
 		Proxy: jsonProxy{
-			Host:               c.Proxy.Host,
-			Port:               c.Proxy.Port,
-			UpstreamHost:       c.Proxy.UpstreamHost,
-			HealthPath:         c.Proxy.HealthPath,
-			HealthTimeoutMs:    ms(c.Proxy.HealthTimeout),
-			DrainTimeoutMs:     ms(c.Proxy.DrainTimeout),
-			ForceStopTimeoutMs: ms(c.Proxy.ForceStopTimeout),
+			Host:                    c.Proxy.Host,
+			Port:                    c.Proxy.Port,
+			UpstreamHost:            c.Proxy.UpstreamHost,
+			HealthPath:              c.Proxy.HealthPath,
+			HealthTimeoutMs:         ms(c.Proxy.HealthTimeout),
+			DrainTimeoutMs:          ms(c.Proxy.DrainTimeout),
+			ForceStopTimeoutMs:      ms(c.Proxy.ForceStopTimeout),
+			ConnectTimeoutMs:        ms(c.Proxy.ConnectTimeout),
+			ResponseHeaderTimeoutMs: ms(c.Proxy.ResponseHeaderTimeout),
 		},
 		Processes:        make([]jsonProcess, 0, len(c.Processes)),
 		ReleaseRetention: jsonRetention{Keep: c.ReleaseRetention.Keep, MaxAgeMs: ms(c.ReleaseRetention.MaxAge)},

@@ -111,6 +111,8 @@ func (n *normalizer) proxy(src *value) Proxy {
 	p.HealthTimeout = n.duration(src.get("healthTimeoutMs"), "proxy.healthTimeoutMs", DefaultHealthTimeout)
 	p.DrainTimeout = n.duration(src.get("drainTimeoutMs"), "proxy.drainTimeoutMs", DefaultDrainTimeout)
 	p.ForceStopTimeout = n.duration(src.get("forceStopTimeoutMs"), "proxy.forceStopTimeoutMs", DefaultForceStopTimeout)
+	p.ConnectTimeout = n.nonNegativeDuration(src.get("connectTimeoutMs"), "proxy.connectTimeoutMs", 0)
+	p.ResponseHeaderTimeout = n.nonNegativeDuration(src.get("responseHeaderTimeoutMs"), "proxy.responseHeaderTimeoutMs", 0)
 	return p
 }
 
@@ -1138,6 +1140,8 @@ var examples = map[string]string{
 	"proxy.healthTimeoutMs":                `30000`,
 	"proxy.drainTimeoutMs":                 `60000`,
 	"proxy.forceStopTimeoutMs":             `10000`,
+	"proxy.connectTimeoutMs":               `5000`,
+	"proxy.responseHeaderTimeoutMs":        `120000`,
 	"processes":                            `[{id: "web", policy: "proxied", command: "node server.js --port {{port}}", port: {from: 18000, to: 18099}}]`,
 	"releaseRetention":                     `{keep: 10, maxAgeMs: 604800000}`,
 	"releaseRetention.keep":                `10`,

@@ -79,6 +79,8 @@ var validationCases = []struct {
 	{"proxy.port fractional", top(`proxy: {port: 80.5}`), []string{"proxy.port must be an integer between 0 and 65535"}},
 	{"proxy.port negative", top(`proxy: {port: -1}`), []string{"proxy.port must be an integer between 0 and 65535"}},
 	{"proxy.port 0", top(`proxy: {port: 0}`), nil},
+	{"proxy timeouts negative", top(`proxy: {connectTimeoutMs: -1, responseHeaderTimeoutMs: -5}`),
+		[]string{"proxy.connectTimeoutMs must be a non-negative number", "proxy.responseHeaderTimeoutMs must be a non-negative number"}},
 	{"proxy numbers wrong types", top(`proxy: {upstreamHost: 1, healthPath: 2, healthTimeoutMs: "x", drainTimeoutMs: Infinity, forceStopTimeoutMs: {}}`),
 		[]string{"proxy.upstreamHost must be a string", "proxy.healthPath must be a string", "proxy.healthTimeoutMs must be a number", "proxy.drainTimeoutMs must be a number", "proxy.forceStopTimeoutMs must be a number"}},
 	{"proxy numbers unchecked range", top(`proxy: {drainTimeoutMs: -5, healthTimeoutMs: 0.5}`), nil},

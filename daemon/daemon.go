@@ -273,8 +273,10 @@ func (d *daemon) newProxy() error {
 	p, err := proxy.New(proxy.Options{
 		// On shutdown or a reload handover, in-flight requests get up to
 		// the drain timeout to finish.
-		ShutdownTimeout: d.cfg.Proxy.DrainTimeout,
-		OnError:         d.proxyError,
+		ShutdownTimeout:       d.cfg.Proxy.DrainTimeout,
+		DialTimeout:           d.cfg.Proxy.ConnectTimeout,
+		ResponseHeaderTimeout: d.cfg.Proxy.ResponseHeaderTimeout,
+		OnError:               d.proxyError,
 	})
 	if err != nil {
 		return fmt.Errorf("create proxy: %w", err)

@@ -272,6 +272,13 @@ func (in *instance) start(ctx context.Context, reason string) error {
 		in.unit = in.identity().UnitName()
 	}
 	in.state = stateStarting
+	if reason == reasonDeploy {
+		// A deploy reviving a failed persistent service (a Go addition,
+		// spec §11.2-6) gives it a fresh crash budget: the crashes that
+		// exhausted the old one must not fail it again at its first new
+		// crash. A manual restart keeps the history (spec §6.7).
+		in.restartTimes = nil
+	}
 	in.stopRequested = false
 	in.replaceRequested = false
 	in.quieted = false

@@ -147,15 +147,17 @@ func New(opts Options) (*Manager, error) {
 	return m, nil
 }
 
-// Run dispatches the runner's exit events to instances until ctx ends. It
-// returns once the watch is established (the loop runs in the background,
-// owned by ctx).
+// Run dispatches the runner's exit events to instances until ctx ends, and
+// prunes releases past releaseRetention.maxAgeMs until ctx ends or Shutdown
+// begins. It returns once the watch is established (both loops run in the
+// background, owned by ctx).
 func (m *Manager) Run(ctx context.Context) error {
 	events, err := m.runner.Watch(ctx)
 	if err != nil {
 		return fmt.Errorf("watch %s runner: %w", m.runner.Kind(), err)
 	}
 	m.ctx = ctx
+	go m.pruneLoop(ctx)
 	go func() {
 		for ev := range events {
 			if ev.Kind != units.EventExited && ev.Kind != units.EventStatus {

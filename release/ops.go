@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/rollbridge/rollbridge/config"
 )
@@ -393,23 +394,29 @@ func waitCtx(ctx context.Context, wg *sync.WaitGroup) {
 	}
 }
 
-// prune applies releaseRetention to stopped releases (spec §8.8).
-func (m *Manager) prune() {
+// prune applies releaseRetention to stopped releases (spec §8.8) and
+// reports whether it removed any.
+func (m *Manager) prune() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	keep, maxAge := m.cfg.ReleaseRetention.Keep, m.cfg.ReleaseRetention.MaxAge
 	type cand struct {
-		r   *releaseRec
-		idx int
+		r         *releaseRec
+		idx       int
+		stoppedAt time.Time
 	}
 	var stopped []cand
 	for i, r := range m.releases {
-		if r.getState() == relStopped {
-			stopped = append(stopped, cand{r, i})
+		// stoppedAt is read with the state: a stop of a stopped release
+		// (Stop by id) rewrites it concurrently.
+		r.mu.Lock()
+		if r.state == relStopped {
+			stopped = append(stopped, cand{r, i, r.stoppedAt})
 		}
+		r.mu.Unlock()
 	}
 	sort.SliceStable(stopped, func(a, b int) bool {
-		ta, tb := stopped[a].r.stoppedAt, stopped[b].r.stoppedAt
+		ta, tb := stopped[a].stoppedAt, stopped[b].stoppedAt
 		if ta.Equal(tb) {
 			return stopped[a].idx > stopped[b].idx
 		}
@@ -418,12 +425,12 @@ func (m *Manager) prune() {
 	drop := map[*releaseRec]bool{}
 	now := m.now()
 	for i, c := range stopped {
-		if i >= keep || (maxAge > 0 && now.Sub(c.r.stoppedAt) > maxAge) {
+		if i >= keep || (maxAge > 0 && now.Sub(c.stoppedAt) > maxAge) {
 			drop[c.r] = true
 		}
 	}
 	if len(drop) == 0 {
-		return
+		return false
 	}
 	kept := m.releases[:0]
 	for _, r := range m.releases {
@@ -432,4 +439,36 @@ func (m *Manager) prune() {
 		}
 	}
 	m.releases = kept
+	return true
+}
+
+// pruneCheck is the longest interval of the periodic prune; it is also how
+// often a config without maxAgeMs is re-read, as a deploy may set it.
+const pruneCheck = time.Minute
+
+// pruneLoop enforces releaseRetention.maxAgeMs on a quiet daemon: without
+// it an old stopped release would only go at the next drain or stop. It
+// runs every maxAgeMs/2 (at most pruneCheck), until ctx ends or the
+// manager starts stopping.
+func (m *Manager) pruneLoop(ctx context.Context) {
+	t := time.NewTimer(pruneCheck)
+	defer t.Stop()
+	for {
+		interval := pruneCheck
+		if maxAge := m.config().ReleaseRetention.MaxAge; maxAge > 0 {
+			// The floor keeps a sub-millisecond maxAgeMs from spinning.
+			interval = max(min(maxAge/2, pruneCheck), 10*time.Millisecond)
+		}
+		t.Reset(interval)
+		select {
+		case <-ctx.Done():
+			return
+		case <-m.stopCh:
+			return
+		case <-t.C:
+		}
+		if m.config().ReleaseRetention.MaxAge > 0 && m.prune() && !m.isStopping() {
+			m.onChange() // persist the smaller registry (spec §8.1)
+		}
+	}
 }
