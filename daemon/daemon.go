@@ -362,6 +362,11 @@ func (d *daemon) shutdown(ctx context.Context) error {
 		}
 		if err := d.mgr.Shutdown(ctx); err != nil {
 			errs = append(errs, err)
+		} else if s, ok := d.runner.(interface{ StopSlice(context.Context) error }); ok {
+			// Everything stopped: the app's empty slice goes too.
+			if err := s.StopSlice(ctx); err != nil {
+				d.log.Warn("stopping the application slice failed", "error", err.Error())
+			}
 		}
 		if err := d.stopProxy(); err != nil {
 			errs = append(errs, fmt.Errorf("proxy close failed: %w", err))

@@ -197,6 +197,9 @@ func TestZeroDowntimeDeploys(t *testing.T) {
 			if units := e.listUnits(); len(units) != 0 {
 				t.Errorf("units left after shutdown: %v", units)
 			}
+			if active := e.sliceActive(); active {
+				t.Error("the application slice is still active after shutdown")
+			}
 		}
 	})
 }

@@ -55,6 +55,23 @@ func (e *env) systemctlUnits() []string {
 	return names
 }
 
+// sliceActive reports whether the app's slice is loaded and active.
+func (e *env) sliceActive() bool {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := dbusctl.Dial(ctx, dbusctl.Options{Bus: dbusctl.BusAuto})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer conn.Close()
+	infos, err := conn.ListUnits(ctx, units.AppSlice(e.app))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return len(infos) > 0 && infos[0].ActiveState == "active"
+}
+
 // stopAppUnits stops every instance unit of the app (leftovers of a killed
 // daemon).
 func (e *env) stopAppUnits() {

@@ -128,6 +128,25 @@ func (r *Runner) Close() error {
 	return nil
 }
 
+// StopSlice stops the application's slice (rollbridge-<app>.slice) once
+// no instance unit of the app is loaded any more: systemd leaves an
+// implicitly created slice active after its last unit ended. It does
+// nothing while units remain. Called after a full shutdown.
+func (r *Runner) StopSlice(ctx context.Context) error {
+	left, err := r.conn.ListUnits(ctx, units.AppUnitPattern(r.app))
+	if err != nil {
+		return fmt.Errorf("stop slice of %s: %w", r.app, err)
+	}
+	if len(left) > 0 {
+		return nil
+	}
+	slice := units.AppSlice(r.app)
+	if err := r.conn.Stop(ctx, slice); err != nil && !errors.Is(err, dbusctl.ErrNoSuchUnit) {
+		return fmt.Errorf("stop %s: %w", slice, err)
+	}
+	return nil
+}
+
 // owns reports whether name is an instance unit of this runner's app.
 func (r *Runner) owns(name string) bool {
 	app, _, _, ok := units.ParseUnitName(name)

@@ -118,3 +118,48 @@ func TestNewUnavailable(t *testing.T) {
 	}
 	t.Logf("error: %v", err)
 }
+
+// TestStopSlice: the application's slice stays while an instance runs and
+// is stopped once none is left.
+func TestStopSlice(t *testing.T) {
+	app := unitstest.UniqueApp()
+	r := newRunner(t, app).(*systemd.Runner)
+	conn := dbusctltest.Connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	spec := testSpec(app, "web", []string{"/bin/sleep", "1000"})
+	name := spec.Identity.UnitName()
+	t.Cleanup(func() { _ = r.Stop(context.Background(), name, syscall.SIGKILL, units.Grace{}) })
+	if _, err := r.Start(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	sliceState := func() string {
+		list, err := conn.ListUnits(ctx, units.AppSlice(app))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list) == 0 {
+			return "not loaded"
+		}
+		return list[0].ActiveState
+	}
+	if err := r.StopSlice(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s := sliceState(); s != "active" {
+		t.Fatalf("slice with a running instance: %s, want active", s)
+	}
+	if err := r.Stop(ctx, name, syscall.SIGTERM, units.Grace{Timeout: 5 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.StopSlice(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s := sliceState(); s == "active" {
+		t.Fatalf("slice after its last instance stopped: %s, want stopped", s)
+	}
+	// Idempotent: a slice already gone is fine.
+	if err := r.StopSlice(ctx); err != nil {
+		t.Errorf("second StopSlice: %v", err)
+	}
+}
