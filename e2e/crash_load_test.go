@@ -12,8 +12,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/rollbridge/rollbridge/dbusctl"
 )
 
 // TestDaemonCrashUnderLoadReadoption kills the daemon with SIGKILL while
@@ -198,10 +196,7 @@ func (e *env) unitMainPIDs() map[string]int {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	conn, err := dbusctl.Dial(ctx, dbusctl.Options{Bus: dbusctl.BusAuto})
-	if err != nil {
-		e.t.Fatal(err)
-	}
+	conn := e.dialManager(ctx)
 	defer conn.Close()
 	out := map[string]int{}
 	for _, name := range e.listUnits() {
@@ -262,14 +257,7 @@ func startTimedLoad(url string, keepAlive, fresh int) *timedLoad {
 			time.Sleep(time.Millisecond)
 		}
 	}
-	for range keepAlive {
-		l.wg.Add(1)
-		go worker(&http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 4}})
-	}
-	for range fresh {
-		l.wg.Add(1)
-		go worker(&http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}})
-	}
+	spawnClients(&l.wg, keepAlive, fresh, worker)
 	return l
 }
 

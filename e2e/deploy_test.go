@@ -71,15 +71,22 @@ func startLoad(url string, keepAlive, fresh int) *load {
 			}
 		}
 	}
+	spawnClients(&l.wg, keepAlive, fresh, worker)
+	return l
+}
+
+// spawnClients runs worker on keepAlive clients that reuse connections and
+// fresh ones that open one per request (each connection then meets the
+// proxy's accept path), counted in wg.
+func spawnClients(wg *sync.WaitGroup, keepAlive, fresh int, worker func(*http.Client)) {
 	for range keepAlive {
-		l.wg.Add(1)
+		wg.Add(1)
 		go worker(&http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 4}})
 	}
 	for range fresh {
-		l.wg.Add(1)
+		wg.Add(1)
 		go worker(&http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}})
 	}
-	return l
 }
 
 func (l *load) finish() {

@@ -11,22 +11,36 @@ import (
 	"github.com/rollbridge/rollbridge/units"
 )
 
-// listUnits lists the app's instance units on the systemd manager.
-func (e *env) listUnits() []string {
+// dialManager connects to the systemd manager the daemon uses; the caller
+// closes the connection.
+func (e *env) dialManager(ctx context.Context) *dbusctl.Conn {
 	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	conn, err := dbusctl.Dial(ctx, dbusctl.Options{Bus: dbusctl.BusAuto})
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	return conn
+}
+
+// unitInfos lists the loaded units matching pattern.
+func (e *env) unitInfos(pattern string) []dbusctl.UnitInfo {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn := e.dialManager(ctx)
 	defer conn.Close()
-	infos, err := conn.ListUnits(ctx, units.AppUnitPattern(e.app))
+	infos, err := conn.ListUnits(ctx, pattern)
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	return infos
+}
+
+// listUnits lists the app's instance units on the systemd manager.
+func (e *env) listUnits() []string {
+	e.t.Helper()
 	var out []string
-	for _, u := range infos {
+	for _, u := range e.unitInfos(units.AppUnitPattern(e.app)) {
 		out = append(out, u.Name)
 	}
 	sort.Strings(out)
@@ -58,17 +72,7 @@ func (e *env) systemctlUnits() []string {
 // sliceActive reports whether the app's slice is loaded and active.
 func (e *env) sliceActive() bool {
 	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := dbusctl.Dial(ctx, dbusctl.Options{Bus: dbusctl.BusAuto})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer conn.Close()
-	infos, err := conn.ListUnits(ctx, units.AppSlice(e.app))
-	if err != nil {
-		e.t.Fatal(err)
-	}
+	infos := e.unitInfos(units.AppSlice(e.app))
 	return len(infos) > 0 && infos[0].ActiveState == "active"
 }
 

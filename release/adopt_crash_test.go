@@ -59,7 +59,7 @@ func newSuccessor(t *testing.T, h *harness, runner units.Runner, gated bool) *su
 	if gated {
 		s.ready = make(chan struct{})
 	}
-	m, err := New(Options{
+	s.m = startManager(t, Options{
 		Config: h.m.config(), Runner: runner, Traffic: s.traffic, Env: []string{"PATH=/usr/bin"},
 		Health: func(ctx context.Context, _ string, _ config.Health) error {
 			s.mu.Lock()
@@ -76,20 +76,6 @@ func newSuccessor(t *testing.T, h *harness, runner units.Runner, gated bool) *su
 			}
 		},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer scancel()
-		_ = m.Shutdown(sctx)
-		cancel()
-	})
-	if err := m.Run(ctx); err != nil {
-		t.Fatal(err)
-	}
-	s.m = m
 	return s
 }
 

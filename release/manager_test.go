@@ -124,7 +124,7 @@ func newHarness(t *testing.T, src string) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := New(Options{
+	h.m = startManager(t, Options{
 		Config: cfg, Reload: load, Runner: h.runner, Traffic: h.traffic,
 		Health: func(ctx context.Context, url string, _ config.Health) error {
 			if h.health != nil {
@@ -134,6 +134,14 @@ func newHarness(t *testing.T, src string) *harness {
 		},
 		Env: []string{"PATH=/usr/bin:/bin"},
 	})
+	return h
+}
+
+// startManager creates a Manager from opts and runs it until the test
+// ends, when it is shut down.
+func startManager(t *testing.T, opts Options) *Manager {
+	t.Helper()
+	m, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,8 +155,7 @@ func newHarness(t *testing.T, src string) *harness {
 	if err := m.Run(ctx); err != nil {
 		t.Fatal(err)
 	}
-	h.m = m
-	return h
+	return m
 }
 
 func (h *harness) deploy(id string) (DeployResult, error) {
