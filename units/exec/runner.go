@@ -441,10 +441,13 @@ func (r *Runner) watch(name string, rn *run) {
 	if rn.notify != nil {
 		rn.notify.close()
 	}
-	close(rn.done)
+	// Publish before announcing the exit on done: a Stop (and so a
+	// Shutdown, which then closes the Watch channels) returns on done, and
+	// the exit event must already be queued for the watchers by then.
 	if !silent {
 		r.events.publish(units.Event{Kind: units.EventExited, Name: name, Identity: rn.id, PID: rn.pid, Exit: ex, At: time.Now()})
 	}
+	close(rn.done)
 }
 
 func exitOf(ps *os.ProcessState, err error) units.Exit {
