@@ -162,3 +162,15 @@ func readLines(t *testing.T, path string) []string {
 
 // webProcess is the proxied demo app every test config ends with.
 const webProcess = `{id: "web", policy: "proxied", command: "./demo-app --port {{port}}", port: {from: 0, to: 0}, health: {path: "/ping", intervalMs: 50}}`
+
+// switchToDrained is the time from the switch to v2 to the end of v1's
+// drain, from the event log.
+func switchToDrained(t *testing.T, evs []event) time.Duration {
+	t.Helper()
+	switched := indexOf(evs, "traffic switched", "", "v2")
+	drained := indexOf(evs, "release drained", "", "v1")
+	if len(switched) != 1 || len(drained) != 1 {
+		t.Fatalf("want one traffic switched to v2 and one release drained v1: %v %v", switched, drained)
+	}
+	return evs[drained[0]].At.Sub(evs[switched[0]].At)
+}

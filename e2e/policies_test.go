@@ -157,13 +157,8 @@ func TestStopSignalAndKillEscalation(t *testing.T) {
 			t.Errorf("drainer's SIGINT trap did not finish within its window: marker %q", got)
 		}
 		evs := e.eventLog()
-		switched := indexOf(evs, "traffic switched", "", "v2")
-		drained := indexOf(evs, "release drained", "", "v1")
-		if len(switched) != 1 || len(drained) != 1 {
-			t.Fatalf("want one traffic switched to v2 and one release drained v1: %v %v", switched, drained)
-		}
+		took := switchToDrained(t, evs)
 		// Both stops run in parallel: about max(1 s drain, 1 s + SIGKILL).
-		took := evs[drained[0]].At.Sub(evs[switched[0]].At)
 		t.Logf("%s runner: v1 (1 s SIGINT drain, 1 s SIGKILL window) drained %v after the switch", runner, took)
 		if took < 950*time.Millisecond || took > 6*time.Second {
 			t.Errorf("retiring v1 took %v, want a little over 1s", took)
@@ -402,12 +397,7 @@ func TestStopWaitsForDescendants(t *testing.T) {
 			t.Errorf("v1 reported stopped before its descendant finished (marker %q)", got)
 		}
 		evs := e.eventLog()
-		switched := indexOf(evs, "traffic switched", "", "v2")
-		drained := indexOf(evs, "release drained", "", "v1")
-		if len(switched) != 1 || len(drained) != 1 {
-			t.Fatalf("want one traffic switched to v2 and one release drained v1: %v %v", switched, drained)
-		}
-		took := evs[drained[0]].At.Sub(evs[switched[0]].At)
+		took := switchToDrained(t, evs)
 		t.Logf("%s runner: v1 drained %v after the switch (its descendant needs 800ms)", runner, took)
 		if took < 780*time.Millisecond {
 			t.Errorf("v1 drained %v after the switch: it did not wait for the descendant", took)

@@ -88,21 +88,8 @@ func (p *Proxy) cut(r *release, activations int) DrainResult {
 	r.mu.Lock()
 	p.mu.Unlock()
 	r.cut = true
-	var res DrainResult
-	for x := r.head; x != nil; x = x.next {
-		if x.ws {
-			res.CutWebSocket++
-		} else {
-			res.CutHTTP++
-		}
-		if x.tun != nil {
-			go x.tun.goingAway(p.opts.WebSocketCloseGrace, errCutAtDeadline)
-		} else {
-			x.interrupt(stopCut)
-		}
-	}
+	res := p.cutLocked(r, "")
 	r.mu.Unlock()
-	res.Drained = res.CutHTTP+res.CutWebSocket == 0 // the last one finished just now
 	r.closeIdle(false)
 	if p.opts.Logger != nil && !res.Drained {
 		p.opts.Logger.Info("proxy drain deadline: cut remaining connections", "release", r.id, "http", res.CutHTTP, "websocket", res.CutWebSocket)
@@ -179,25 +166,9 @@ func (r *release) inFlightOn(addr string) int {
 
 // cutUpstream interrupts r's exchanges on addr (see cut).
 func (p *Proxy) cutUpstream(r *release, addr string) DrainResult {
-	var res DrainResult
 	r.mu.Lock()
-	for x := r.head; x != nil; x = x.next {
-		if x.up == nil || x.up.addr != addr {
-			continue
-		}
-		if x.ws {
-			res.CutWebSocket++
-		} else {
-			res.CutHTTP++
-		}
-		if x.tun != nil {
-			go x.tun.goingAway(p.opts.WebSocketCloseGrace, errCutAtDeadline)
-		} else {
-			x.interrupt(stopCut)
-		}
-	}
+	res := p.cutLocked(r, addr)
 	r.mu.Unlock()
-	res.Drained = res.CutHTTP+res.CutWebSocket == 0
 	if p.opts.Logger != nil && !res.Drained {
 		p.opts.Logger.Info("proxy upstream drain deadline: cut remaining connections", "release", r.id, "upstream", addr,
 			"http", res.CutHTTP, "websocket", res.CutWebSocket)
@@ -231,4 +202,28 @@ func (p *Proxy) UpstreamConnections(release string) map[string]Counts {
 		out[u.Upstream] = u.Counts
 	}
 	return out
+}
+
+// cutLocked interrupts r's exchanges (only those on upstream addr unless
+// addr is empty) and counts them; Drained is set when there were none (the
+// last one finished just now). r.mu is held.
+func (p *Proxy) cutLocked(r *release, addr string) DrainResult {
+	var res DrainResult
+	for x := r.head; x != nil; x = x.next {
+		if addr != "" && (x.up == nil || x.up.addr != addr) {
+			continue
+		}
+		if x.ws {
+			res.CutWebSocket++
+		} else {
+			res.CutHTTP++
+		}
+		if x.tun != nil {
+			go x.tun.goingAway(p.opts.WebSocketCloseGrace, errCutAtDeadline)
+		} else {
+			x.interrupt(stopCut)
+		}
+	}
+	res.Drained = res.CutHTTP+res.CutWebSocket == 0
+	return res
 }

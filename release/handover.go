@@ -51,12 +51,7 @@ func (m *Manager) detach() {
 	m.mu.Unlock()
 	for _, in := range m.all() {
 		in.mu.Lock()
-		in.stopSamplerLocked()
-		in.disarmRecycleLocked()
-		if in.restartTimer != nil {
-			in.restartTimer.Stop()
-			in.restartTimer = nil
-		}
+		in.idleTimersLocked()
 		in.mu.Unlock()
 	}
 }
@@ -96,12 +91,7 @@ func (m *Manager) Quiesce(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, in := range m.all() {
 		in.mu.Lock()
-		in.stopSamplerLocked()
-		in.disarmRecycleLocked()
-		if in.restartTimer != nil {
-			in.restartTimer.Stop()
-			in.restartTimer = nil
-		}
+		in.idleTimersLocked()
 		in.stopRequested = true
 		in.quieted = true
 		live, def, env, cwd, pid := in.pid != 0, in.def.Load(), in.built.Env, in.built.Cwd, in.pid

@@ -497,12 +497,7 @@ func (in *instance) startBound() time.Duration {
 func (in *instance) stop(ctx context.Context) error {
 	in.mu.Lock()
 	in.stopRequested = true
-	in.stopSamplerLocked()
-	in.disarmRecycleLocked()
-	if in.restartTimer != nil {
-		in.restartTimer.Stop()
-		in.restartTimer = nil
-	}
+	in.idleTimersLocked()
 	if in.stopDone != nil {
 		done := in.stopDone
 		in.mu.Unlock()
@@ -642,4 +637,15 @@ func (in *instance) isLive() bool {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	return in.pid != 0
+}
+
+// idleTimersLocked stops what runs on a timer for a live instance: the
+// memory sampler, the recycle timer and a pending crash restart.
+func (in *instance) idleTimersLocked() {
+	in.stopSamplerLocked()
+	in.disarmRecycleLocked()
+	if in.restartTimer != nil {
+		in.restartTimer.Stop()
+		in.restartTimer = nil
+	}
 }

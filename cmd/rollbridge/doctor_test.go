@@ -1,10 +1,7 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -12,37 +9,14 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/spf13/cobra"
 )
 
 // runDoctor runs `doctor args…` in-process with dir as the working
 // directory and the exec runner (the systemd checks are the doctor
-// package's business), mapping errors to exit codes like app.run.
+// package's business).
 func runDoctor(t *testing.T, dir string, args ...string) result {
 	t.Helper()
-	var out, errb bytes.Buffer
-	a := &app{stdin: strings.NewReader(""), stdout: &out, stderr: &errb, cwd: dir,
-		env: []string{"PATH=/usr/bin:/bin", envRunner + "=exec"}}
-	root := &cobra.Command{Use: "rollbridge", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(a.doctorCommand())
-	root.SetArgs(append([]string{"doctor"}, args...))
-	root.SetOut(&out)
-	root.SetErr(&errb)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	code := 0
-	if err := root.ExecuteContext(ctx); err != nil {
-		var ee exitError
-		if errors.As(err, &ee) {
-			code = ee.code
-		} else {
-			fmt.Fprintf(&errb, "error: %v\n", err)
-			code = 1
-		}
-	}
-	return result{code: code, stdout: out.String(), stderr: errb.String()}
+	return runCLIEnv(t, dir, execEnv, append([]string{"doctor"}, args...)...)
 }
 
 // doctorDir writes a rollbridge.js with a free proxy port and a control

@@ -21,9 +21,16 @@ type result struct {
 // runCLI runs the CLI in-process with dir as its working directory.
 func runCLI(t *testing.T, dir string, args ...string) result {
 	t.Helper()
+	return runCLIEnv(t, dir, []string{"PATH=/usr/bin:/bin"}, args...)
+}
+
+// runCLIEnv runs the CLI in-process with dir as its working directory and
+// env as its whole environment.
+func runCLIEnv(t *testing.T, dir string, env []string, args ...string) result {
+	t.Helper()
 	var out, errb bytes.Buffer
-	a := &app{stdin: strings.NewReader(""), stdout: &out, stderr: &errb, cwd: dir, env: []string{"PATH=/usr/bin:/bin"}}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	a := &app{stdin: strings.NewReader(""), stdout: &out, stderr: &errb, cwd: dir, env: env}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	code := a.run(ctx, args)
 	return result{code: code, stdout: out.String(), stderr: errb.String()}

@@ -17,42 +17,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spf13/cobra"
-
 	"github.com/rollbridge/rollbridge/cleanup"
 	"github.com/rollbridge/rollbridge/control"
 	"github.com/rollbridge/rollbridge/dbusctl"
 	"github.com/rollbridge/rollbridge/dbusctl/dbusctltest"
 	"github.com/rollbridge/rollbridge/units"
 )
-
-// recRun runs one command built by ctor in-process (as the root would),
-// with dir as the working directory and env as the environment, mapping
-// errors to exit codes like app.run.
-func recRun(t *testing.T, dir string, env []string, ctor func(a *app) *cobra.Command, args ...string) result {
-	t.Helper()
-	var out, errb bytes.Buffer
-	a := &app{stdin: strings.NewReader(""), stdout: &out, stderr: &errb, cwd: dir, env: env}
-	cmd := ctor(a)
-	root := &cobra.Command{Use: "rollbridge", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(cmd)
-	root.SetArgs(append([]string{cmd.Name()}, args...))
-	root.SetOut(&out)
-	root.SetErr(&errb)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	code := 0
-	if err := root.ExecuteContext(ctx); err != nil {
-		var ee exitError
-		if errors.As(err, &ee) {
-			code = ee.code
-		} else {
-			fmt.Fprintf(&errb, "error: %v\n", err)
-			code = 1
-		}
-	}
-	return result{code: code, stdout: out.String(), stderr: errb.String()}
-}
 
 var execEnv = []string{"PATH=/usr/bin:/bin", envRunner + "=exec"}
 
@@ -132,7 +102,7 @@ func recStatus(app string, active any) map[string]any {
 
 func TestRecoverCommandExecRunner(t *testing.T) {
 	dir, _, _ := recDir(t, "")
-	r := recRun(t, dir, execEnv, (*app).recoverCommand)
+	r := runCLIEnv(t, dir, execEnv, "recover")
 	if r.code != 1 || r.stdout != "" || r.stderr != "error: No statePath is configured; set statePath in the config to enable recovery.\n" {
 		t.Errorf("no statePath: %+v", r)
 	}
@@ -146,7 +116,7 @@ func TestRecoverCommandExecRunner(t *testing.T) {
 	}
 
 	recFake(t, sock, func(control.Request, func()) (any, error) { return recStatus(appName, "r1"), nil })
-	r = recRun(t, dir, execEnv, (*app).recoverCommand, "--force")
+	r = runCLIEnv(t, dir, execEnv, "recover", "--force")
 	if want := "error: A daemon (or another process) is using " + sock + "; stop it before recovering — recover is for cleaning up after a crash.\n"; r.code != 1 || r.stderr != want {
 		t.Errorf("daemon running: %+v", r)
 	}
@@ -166,7 +136,7 @@ func TestRecoverCommandDryRunAndForce(t *testing.T) {
 	}
 	lines := fmt.Sprintf("  cron (pid %d)\n  web (pid %d, release r1)\n", stubborn, pid)
 
-	r := recRun(t, dir, execEnv, (*app).recoverCommand)
+	r := runCLIEnv(t, dir, execEnv, "recover")
 	want := "Found 2 orphaned process(es) (run with --force to stop):\n" + lines +
 		"Review the list first — a recycled pid could be an unrelated process.\n"
 	if r.code != 0 || r.stdout != want || r.stderr != "" {
@@ -176,7 +146,7 @@ func TestRecoverCommandDryRunAndForce(t *testing.T) {
 		t.Fatal("the dry run signalled")
 	}
 
-	r = recRun(t, dir, execEnv, (*app).recoverCommand, "--force", "-c", "rollbridge.js")
+	r = runCLIEnv(t, dir, execEnv, "recover", "--force", "-c", "rollbridge.js")
 	if want := "Stopped 2 orphaned process(es):\n" + lines; r.code != 0 || r.stdout != want || r.stderr != "" {
 		t.Errorf("force: %+v\nwant %q", r, want)
 	}
@@ -184,11 +154,11 @@ func TestRecoverCommandDryRunAndForce(t *testing.T) {
 		t.Errorf("state file: %v", err)
 	}
 
-	r = recRun(t, dir, execEnv, (*app).recoverCommand)
+	r = runCLIEnv(t, dir, execEnv, "recover")
 	if r.code != 0 || r.stdout != "No orphaned processes found.\n" {
 		t.Errorf("dry run, nothing left: %+v", r)
 	}
-	r = recRun(t, dir, execEnv, (*app).recoverCommand, "--force")
+	r = runCLIEnv(t, dir, execEnv, "recover", "--force")
 	if r.code != 0 || r.stdout != "No orphaned processes found; cleared the state file.\n" {
 		t.Errorf("force, nothing left: %+v", r)
 	}
@@ -253,7 +223,7 @@ func TestPredeployCleanupCommand(t *testing.T) {
 		}
 		return recStatus(appName, nil), nil
 	})
-	r := recRun(t, dir, execEnv, (*app).predeployCleanupCommand, "--release-path", "releases/next")
+	r := runCLIEnv(t, dir, execEnv, "predeploy-cleanup", "--release-path", "releases/next")
 	if r.code != 0 || r.stdout != "Rollbridge daemon already has an active release; no legacy cleanup needed.\n" || r.stderr != "" {
 		t.Errorf("active daemon: %+v", r)
 	}
@@ -266,7 +236,7 @@ func TestPredeployCleanupCommand(t *testing.T) {
 	mu.Lock()
 	active = false
 	mu.Unlock()
-	r = recRun(t, dir, execEnv, (*app).predeployCleanupCommand)
+	r = runCLIEnv(t, dir, execEnv, "predeploy-cleanup")
 	want := "Stopped existing Rollbridge daemon before deploy.\nRecovered 1 Rollbridge orphaned process(es).\nStopped 2 legacy process(es).\n"
 	if r.code != 0 || r.stdout != want || r.stderr != "" {
 		t.Errorf("outdated daemon: %+v", r)
@@ -278,7 +248,7 @@ func TestPredeployCleanupCommand(t *testing.T) {
 	}
 
 	// Nothing left: no daemon, nothing to recover or stop.
-	r = recRun(t, dir, execEnv, (*app).predeployCleanupCommand)
+	r = runCLIEnv(t, dir, execEnv, "predeploy-cleanup")
 	want = "No active Rollbridge daemon found.\nRecovered 0 Rollbridge orphaned process(es).\nStopped 0 legacy process(es).\n"
 	if r.code != 0 || r.stdout != want {
 		t.Errorf("clean host: %+v", r)
@@ -290,7 +260,7 @@ func TestPredeployCleanupRefusesForeignSocket(t *testing.T) {
 	recFake(t, sock, func(control.Request, func()) (any, error) {
 		return recStatus("billing", "r1"), nil
 	})
-	r := recRun(t, dir, execEnv, (*app).predeployCleanupCommand)
+	r := runCLIEnv(t, dir, execEnv, "predeploy-cleanup")
 	if !strings.HasPrefix(r.stderr, `error: A Rollbridge daemon for "billing" is using `+sock+"; expected ") || r.code != 1 {
 		t.Errorf("%+v", r)
 	}
@@ -326,19 +296,19 @@ func TestRecoverCommandUnits(t *testing.T) {
 	}
 	env := []string{"PATH=/usr/bin:/bin"} // auto runner; the manager comes from the process environment
 	line := fmt.Sprintf("  web (pid %d, release r7, unit %s)\n", st.MainPID, name)
-	r := recRun(t, dir, env, (*app).recoverCommand)
+	r := runCLIEnv(t, dir, env, "recover")
 	want := "Found 1 orphaned process(es) (run with --force to stop):\n" + line + "Review the list first — a recycled pid could be an unrelated process.\n"
 	if r.code != 0 || r.stdout != want {
 		t.Errorf("dry run: %+v\nwant %q", r, want)
 	}
-	r = recRun(t, dir, env, (*app).recoverCommand, "--force")
+	r = runCLIEnv(t, dir, env, "recover", "--force")
 	if r.code != 0 || r.stdout != "Stopped 1 orphaned process(es):\n"+line {
 		t.Errorf("force: %+v", r)
 	}
 	if st, err := conn.State(ctx, name); err == nil && st.Running() {
 		t.Errorf("%s still %s", name, st.ActiveState)
 	}
-	r = recRun(t, dir, env, (*app).recoverCommand, "--force")
+	r = runCLIEnv(t, dir, env, "recover", "--force")
 	if r.code != 0 || r.stdout != "No orphaned processes found.\n" {
 		t.Errorf("nothing left: %+v", r)
 	}

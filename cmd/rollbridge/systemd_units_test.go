@@ -21,37 +21,6 @@ import (
 	"github.com/rollbridge/rollbridge/units"
 )
 
-// runPackaging runs the CLI like runCLI, with systemd-units and man
-// registered even before root.go registers them (and not twice after).
-func runPackaging(t *testing.T, dir string, env []string, args ...string) result {
-	t.Helper()
-	var out, errb bytes.Buffer
-	a := &app{stdin: strings.NewReader(""), stdout: &out, stderr: &errb, cwd: dir, env: env}
-	root := a.rootCommand()
-	if c, _, err := root.Find([]string{"systemd-units"}); err != nil || c == root {
-		root.AddCommand(a.systemdUnitsCommand())
-	}
-	if c, _, err := root.Find([]string{"man"}); err != nil || c == root {
-		root.AddCommand(a.manCommand())
-	}
-	root.SetArgs(args)
-	root.SetIn(a.stdin)
-	root.SetOut(a.stdout)
-	root.SetErr(a.stderr)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	code := 0
-	if err := root.ExecuteContext(ctx); err != nil {
-		code = 1
-		if ee, ok := err.(exitError); ok {
-			code = ee.code
-		} else {
-			fmt.Fprintf(a.stderr, "error: %v\n", err)
-		}
-	}
-	return result{code: code, stdout: out.String(), stderr: errb.String()}
-}
-
 func TestSystemdUnitsGolden(t *testing.T) {
 	wd, _ := os.Getwd()
 	env := []string{"PATH=/usr/bin:/bin", "HOME=/home/deployer"}
@@ -64,7 +33,7 @@ func TestSystemdUnitsGolden(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			r := runPackaging(t, wd, env, c.args...)
+			r := runCLIEnv(t, wd, env, c.args...)
 			if r.code != 0 || r.stderr != "" {
 				t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
 			}
@@ -75,7 +44,7 @@ func TestSystemdUnitsGolden(t *testing.T) {
 
 func TestSystemdUnitsContent(t *testing.T) {
 	wd, _ := os.Getwd()
-	r := runPackaging(t, wd, nil, "systemd-units", "--json", "-c", "testdata/units.js", "--binary", "/opt/rb/rollbridge")
+	r := runCLIEnv(t, wd, nil, "systemd-units", "--json", "-c", "testdata/units.js", "--binary", "/opt/rb/rollbridge")
 	if r.code != 0 {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
@@ -121,7 +90,7 @@ func TestSystemdUnitsContent(t *testing.T) {
 
 func TestSystemdUnitsUserVariant(t *testing.T) {
 	wd, _ := os.Getwd()
-	r := runPackaging(t, wd, []string{"XDG_CONFIG_HOME=/home/d/.cfg"}, "systemd-units", "--user", "--json", "-c", "testdata/units.js", "--binary", "/usr/bin/rollbridge")
+	r := runCLIEnv(t, wd, []string{"XDG_CONFIG_HOME=/home/d/.cfg"}, "systemd-units", "--user", "--json", "-c", "testdata/units.js", "--binary", "/usr/bin/rollbridge")
 	if r.code != 0 {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
@@ -234,15 +203,15 @@ func TestSystemdUnitsErrors(t *testing.T) {
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "zero.js")
 	os.WriteFile(cfg, []byte(`export default {application: "z", proxy: {port: 0}, processes: [{id: "web", policy: "proxied", command: "x {{port}}", port: {from: 19000, to: 19001}}]}`), 0o644)
-	r := runPackaging(t, dir, nil, "systemd-units", "-c", cfg, "--binary", "/usr/bin/rollbridge")
+	r := runCLIEnv(t, dir, nil, "systemd-units", "-c", cfg, "--binary", "/usr/bin/rollbridge")
 	if r.code != 1 || !strings.Contains(r.stderr, "proxy.port is 0") {
 		t.Errorf("port 0: exit %d, stderr %q", r.code, r.stderr)
 	}
-	r = runPackaging(t, dir, nil, "systemd-units", "-c", filepath.Join(dir, "missing.js"))
+	r = runCLIEnv(t, dir, nil, "systemd-units", "-c", filepath.Join(dir, "missing.js"))
 	if r.code != 1 || !strings.Contains(r.stderr, "error:") {
 		t.Errorf("missing config: exit %d, stderr %q", r.code, r.stderr)
 	}
-	r = runPackaging(t, dir, nil, "systemd-units", "-c", cfg, "--binary", "bin/rollbridge")
+	r = runCLIEnv(t, dir, nil, "systemd-units", "-c", cfg, "--binary", "bin/rollbridge")
 	if r.code != 1 || !strings.Contains(r.stderr, "must be an absolute path") {
 		t.Errorf("relative --binary: exit %d, stderr %q", r.code, r.stderr)
 	}
@@ -252,7 +221,7 @@ func TestSystemdUnitsInstallFiles(t *testing.T) {
 	wd, _ := os.Getwd()
 	dir := t.TempDir()
 	args := []string{"systemd-units", "-c", "testdata/units.js", "--binary", "/usr/bin/rollbridge", "--install", "--no-reload", "--unit-dir", dir}
-	r := runPackaging(t, wd, nil, args...)
+	r := runCLIEnv(t, wd, nil, args...)
 	if r.code != 0 {
 		t.Fatalf("install: exit %d: %s", r.code, r.stderr)
 	}
@@ -271,19 +240,19 @@ func TestSystemdUnitsInstallFiles(t *testing.T) {
 	}
 	// Re-running replaces its own files; a hand-written unit is kept
 	// unless --force.
-	if r := runPackaging(t, wd, nil, args...); r.code != 0 {
+	if r := runCLIEnv(t, wd, nil, args...); r.code != 0 {
 		t.Fatalf("second install: exit %d: %s", r.code, r.stderr)
 	}
 	hand := filepath.Join(dir, "rollbridge@shop.service")
 	os.WriteFile(hand, []byte("[Service]\nExecStart=/bin/true\n"), 0o644)
-	r = runPackaging(t, wd, nil, args...)
+	r = runCLIEnv(t, wd, nil, args...)
 	if r.code != 1 || !strings.Contains(r.stderr, "was not written by rollbridge systemd-units") {
 		t.Errorf("foreign unit: exit %d, stderr %q", r.code, r.stderr)
 	}
 	if b, _ := os.ReadFile(hand); string(b) != "[Service]\nExecStart=/bin/true\n" {
 		t.Errorf("foreign unit was modified: %q", b)
 	}
-	r = runPackaging(t, wd, nil, append(args, "--force", "--json")...)
+	r = runCLIEnv(t, wd, nil, append(args, "--force", "--json")...)
 	if r.code != 0 {
 		t.Fatalf("--force: exit %d: %s", r.code, r.stderr)
 	}
@@ -356,7 +325,7 @@ func TestSystemdAnalyzeVerify(t *testing.T) {
 			if user {
 				args = append(args, "--user")
 			}
-			if r := runPackaging(t, wd, nil, args...); r.code != 0 {
+			if r := runCLIEnv(t, wd, nil, args...); r.code != 0 {
 				t.Fatalf("exit %d: %s", r.code, r.stderr)
 			}
 			verify(t, user, filepath.Join(dir, "rollbridge@shop.service"), filepath.Join(dir, "rollbridge@shop.socket"))
@@ -390,7 +359,7 @@ func TestSystemdAnalyzeVerify(t *testing.T) {
 
 func TestManPages(t *testing.T) {
 	dir := t.TempDir()
-	r := runPackaging(t, dir, []string{"SOURCE_DATE_EPOCH=1700000000"}, "man", "--dir", "man1")
+	r := runCLIEnv(t, dir, []string{"SOURCE_DATE_EPOCH=1700000000"}, "man", "--dir", "man1")
 	if r.code != 0 {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
@@ -421,7 +390,7 @@ func TestManPages(t *testing.T) {
 	if bytes.Contains(b, []byte("Auto generated")) {
 		t.Error("pages carry cobra's auto-generated footer")
 	}
-	if r := runPackaging(t, dir, nil, "man"); r.code != 1 || !strings.Contains(r.stderr, "--dir is required") {
+	if r := runCLIEnv(t, dir, nil, "man"); r.code != 1 || !strings.Contains(r.stderr, "--dir is required") {
 		t.Errorf("without --dir: exit %d, stderr %q", r.code, r.stderr)
 	}
 }
@@ -467,7 +436,7 @@ func TestSystemdUnitsUserManager(t *testing.T) {
 	})
 	// The units are new to the manager, which loads them on first use: no
 	// daemon-reload needed (the sandbox's small /run/systemd can refuse one).
-	r := runPackaging(t, tmp, env, "systemd-units", "--user", "-c", cfg, "--binary", bin, "--install", "--no-reload")
+	r := runCLIEnv(t, tmp, env, "systemd-units", "--user", "-c", cfg, "--binary", bin, "--install", "--no-reload")
 	if r.code != 0 {
 		t.Fatalf("install: exit %d: %s", r.code, r.stderr)
 	}
