@@ -127,8 +127,12 @@ func TestZeroDowntimeDeploys(t *testing.T) {
 
 		l := startLoad(url, 16, 4)
 		start := time.Now()
+		walls := map[string]time.Duration{}
 		for i := 2; i <= 11; i++ {
-			e.deploy(fmt.Sprintf("v%d", i))
+			id := fmt.Sprintf("v%d", i)
+			t0 := time.Now()
+			e.deploy(id)
+			walls[id] = time.Since(t0)
 		}
 		// Keep the load on while the last retirements drain.
 		time.Sleep(500 * time.Millisecond)
@@ -143,6 +147,7 @@ func TestZeroDowntimeDeploys(t *testing.T) {
 		if total < 1000 {
 			t.Errorf("only %d requests were made; the load generator did not run", total)
 		}
+		logDeployTimes(t, runner, walls, e.eventLog())
 		if _, body, _ := get(url); !strings.Contains(body, "release v11") {
 			t.Errorf("after the deploys: %q", body)
 		}

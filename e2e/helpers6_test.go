@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -52,7 +53,7 @@ func (e *env) eventLog() []event {
 		Message string         `json:"message"`
 		Data    map[string]any `json:"data"`
 	}
-	if err := json.Unmarshal([]byte(e.rb("events", "--json")), &raw); err != nil {
+	if err := json.Unmarshal([]byte(e.rb("events", "--json", "--limit", "1000")), &raw); err != nil {
 		e.t.Fatal(err)
 	}
 	out := make([]event, 0, len(raw))
@@ -173,4 +174,32 @@ func switchToDrained(t *testing.T, evs []event) time.Duration {
 		t.Fatalf("want one traffic switched to v2 and one release drained v1: %v %v", switched, drained)
 	}
 	return evs[drained[0]].At.Sub(evs[switched[0]].At)
+}
+
+// logDeployTimes logs the median and slowest deploy wall time (CLI call to
+// JSON result) and the same without the new web process's boot (from its
+// "process started" to "traffic switched": the app binding its port plus
+// the health probe seeing it).
+func logDeployTimes(t *testing.T, runner string, walls map[string]time.Duration, evs []event) {
+	t.Helper()
+	var all, own []time.Duration
+	for id, wall := range walls {
+		started := indexOf(evs, "process started", "web", id)
+		switched := indexOf(evs, "traffic switched", "", id)
+		if len(started) == 0 || len(switched) != 1 {
+			t.Errorf("deploy %s: no web start or switch in the event log", id)
+			continue
+		}
+		boot := evs[switched[0]].At.Sub(evs[started[0]].At)
+		all = append(all, wall)
+		own = append(own, wall-boot)
+	}
+	if len(all) == 0 {
+		return
+	}
+	slices.Sort(all)
+	slices.Sort(own)
+	t.Logf("%s runner: deploy wall time median %v, slowest %v; without the web process's boot and health wait median %v, slowest %v (%d deploys)",
+		runner, all[len(all)/2].Round(time.Millisecond), all[len(all)-1].Round(time.Millisecond),
+		own[len(own)/2].Round(time.Millisecond), own[len(own)-1].Round(time.Millisecond), len(all))
 }
