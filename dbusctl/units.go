@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"path"
 	"strconv"
 	"strings"
 	"syscall"
@@ -238,6 +239,27 @@ func (c *Conn) ListUnits(ctx context.Context, patterns ...string) ([]UnitInfo, e
 			Name: u.Name, Description: u.Description, LoadState: u.LoadState,
 			ActiveState: u.ActiveState, SubState: u.SubState,
 		})
+	}
+	return out, nil
+}
+
+// MaskedUnitFiles returns the names of the unit files matching patterns
+// that are masked (persistently or at runtime). A masked unit is often not
+// loaded at all, so ListUnits does not show it, yet systemd refuses to
+// start it — or any unit placed in it, for a slice.
+func (c *Conn) MaskedUnitFiles(ctx context.Context, patterns ...string) ([]string, error) {
+	var files []sd.UnitFile
+	err := c.do(ctx, func(g *generation) error {
+		var err error
+		files, err = g.sd.ListUnitFilesByPatternsContext(ctx, []string{"masked", "masked-runtime"}, patterns)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list unit files %v: %w", patterns, err)
+	}
+	out := make([]string, 0, len(files))
+	for _, f := range files {
+		out = append(out, path.Base(f.Path))
 	}
 	return out, nil
 }

@@ -3,6 +3,7 @@ package doctor
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/rollbridge/rollbridge/dbusctl"
 	"github.com/rollbridge/rollbridge/units"
@@ -27,16 +28,26 @@ func (d *doctor) checkSlice(ctx context.Context, m *manager) {
 	// ListUnits, unlike GetUnit on the object path, loads no "not-found"
 	// stub for a slice that does not exist yet.
 	list, err := m.conn.ListUnits(sctx, slice)
-	ok, detail := sliceState(slice, list, err, len(m.units), m.conn.UserManager())
+	var masked []string
+	if err == nil {
+		masked, err = m.conn.MaskedUnitFiles(sctx, slice)
+	}
+	ok, detail := sliceState(slice, list, slices.Contains(masked, slice), err, len(m.units), m.conn.UserManager())
 	d.add(CheckSlice, ok, detail)
 }
 
 // sliceState judges the listing of the slice: list holds the slice when it
 // is loaded and active, activating, deactivating, reloading or failed;
-// running is the number of the application's running instance units.
-func sliceState(slice string, list []dbusctl.UnitInfo, err error, running int, user bool) (bool, string) {
+// masked says its unit file is masked (then it is usually not loaded, so
+// not listed); running is the number of the application's running
+// instance units.
+func sliceState(slice string, list []dbusctl.UnitInfo, masked bool, err error, running int, user bool) (bool, string) {
 	if err != nil {
 		return false, fmt.Sprintf("could not read the state of %s: %v", slice, err)
+	}
+	flag := ""
+	if user {
+		flag = " --user"
 	}
 	var info *dbusctl.UnitInfo
 	for i := range list {
@@ -44,16 +55,15 @@ func sliceState(slice string, list []dbusctl.UnitInfo, err error, running int, u
 			info = &list[i]
 		}
 	}
+	if info == nil && masked {
+		return false, fmt.Sprintf("%s is masked: systemd refuses to start any unit in it — unmask it with systemctl%s unmask %s", slice, flag, slice)
+	}
 	if info == nil {
 		return true, fmt.Sprintf("%s is not active: fine before the first deploy, systemd creates it with the first unit", slice)
 	}
 	state := info.ActiveState
 	if info.SubState != "" && info.SubState != info.ActiveState {
 		state += " (" + info.SubState + ")"
-	}
-	flag := ""
-	if user {
-		flag = " --user"
 	}
 	switch {
 	case info.LoadState != "" && info.LoadState != "loaded":

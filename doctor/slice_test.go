@@ -12,6 +12,7 @@ func TestSliceState(t *testing.T) {
 	cases := []struct {
 		name   string
 		list   []dbusctl.UnitInfo
+		masked bool
 		err    error
 		user   bool
 		ok     bool
@@ -27,12 +28,14 @@ func TestSliceState(t *testing.T) {
 			detail: slice + " is failed; clear it with systemctl --user reset-failed " + slice + " before deploying"},
 		{name: "masked", list: []dbusctl.UnitInfo{{Name: slice, LoadState: "masked", ActiveState: "active", SubState: "active"}},
 			detail: slice + " is active (load state masked): units cannot be started in it — check its unit file with systemctl status " + slice + " (systemctl unmask " + slice + " if it is masked)"},
+		{name: "masked and not loaded", user: true, masked: true,
+			detail: slice + " is masked: systemd refuses to start any unit in it — unmask it with systemctl --user unmask " + slice},
 		{name: "list fails", err: errors.New("list units [" + slice + "]: connection closed"),
 			detail: "could not read the state of " + slice + ": list units [" + slice + "]: connection closed"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			ok, detail := sliceState(slice, c.list, c.err, 2, c.user)
+			ok, detail := sliceState(slice, c.list, c.masked, c.err, 2, c.user)
 			if ok != c.ok || detail != c.detail {
 				t.Errorf("= (%v, %q), want (%v, %q)", ok, detail, c.ok, c.detail)
 			}

@@ -323,3 +323,41 @@ func TestSystemdChecksUnreadableManager(t *testing.T) {
 	expectPrefix(t, r, CheckLeftoverUnits, false, "could not list "+pattern+" units: ")
 	expectPrefix(t, r, CheckSlice, false, "could not read the state of "+slice+": ")
 }
+
+// TestSystemdChecksMaskedSlice: a masked application slice is not loaded,
+// so not listed, yet systemd refuses to start any unit in it; doctor must
+// say so (and stop saying so once it is unmasked).
+func TestSystemdChecksMaskedSlice(t *testing.T) {
+	conn := dbusctltest.Connect(t)
+	f := newFixture(t, "", processesJS)
+	opts := f.options()
+	opts.Runner = RunnerAuto
+	opts.Manager = conn
+	opts.JournalDir = dbusctltest.JournalDir()
+	slice := units.AppSlice(f.app)
+	systemctl := func(args ...string) {
+		t.Helper()
+		out, err := exec.Command("systemctl", append([]string{"--user"}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("systemctl --user %v: %v\n%s", args, err, out)
+		}
+	}
+	systemctl("mask", "--runtime", slice)
+	unmasked := false
+	t.Cleanup(func() {
+		if !unmasked {
+			exec.Command("systemctl", "--user", "unmask", "--runtime", slice).Run()
+		}
+	})
+
+	r := run(t, opts)
+	expect(t, r, CheckSlice, false, slice+" is masked: systemd refuses to start any unit in it — unmask it with systemctl --user unmask "+slice)
+	if r.OK {
+		t.Error("report ok with a masked slice")
+	}
+
+	systemctl("unmask", "--runtime", slice)
+	unmasked = true
+	r = run(t, opts)
+	expect(t, r, CheckSlice, true, slice+" is not active: fine before the first deploy, systemd creates it with the first unit")
+}
