@@ -202,7 +202,22 @@ func Dial(ctx context.Context, opts Options) (*Conn, error) {
 	}
 	c.gen = g
 	c.tgt.fallback = nil // the choice is made; re-dials go to the same place
+	if c.tgt.user && c.tgt.hello && os.Geteuid() != 0 && managerIsRoot(ctx, g.raw) {
+		// A "session" address that leads to the system bus (say
+		// DBUS_SESSION_BUS_ADDRESS set to the system bus socket): the
+		// manager there is the system manager, which a user that is not
+		// root may only ask through polkit.
+		c.tgt.user = false
+	}
 	return c, nil
+}
+
+// managerIsRoot reports whether the bus name of the systemd manager is owned
+// by uid 0; a user manager is owned by its user. Any error counts as no.
+func managerIsRoot(ctx context.Context, raw *godbus.Conn) bool {
+	var uid uint32
+	err := raw.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.GetConnectionUnixUser", 0, "org.freedesktop.systemd1").Store(&uid)
+	return err == nil && uid == 0
 }
 
 // Bus reports which transport the connection uses (never BusAuto).

@@ -2,13 +2,10 @@ package doctor
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"os"
-	"strconv"
 	"time"
 
-	godbus "github.com/godbus/dbus/v5"
+	"github.com/rollbridge/rollbridge/dbusctl"
 )
 
 // manageUnitsAction is the polkit action systemd checks for
@@ -31,45 +28,16 @@ type polkitAnswer struct {
 // for the calling process.
 type authorizeFunc func(ctx context.Context, address string) (polkitAnswer, error)
 
-// askPolkit asks polkit with CheckAuthorization, with our own bus name as
-// the subject (what systemd itself checks) and no interaction allowed, so
-// nothing is prompted, started or changed. A separate connection is used:
-// dbusctl does not expose its raw one.
+// askPolkit asks polkit through dbusctl (see dbusctl.CheckAuthorization):
+// nothing is prompted, started or changed.
 func askPolkit(ctx context.Context, address string) (polkitAnswer, error) {
 	ctx, cancel := context.WithTimeout(ctx, polkitTimeout)
 	defer cancel()
-	conn, err := godbus.Dial(address, godbus.WithContext(ctx))
+	a, err := dbusctl.CheckAuthorization(ctx, address, manageUnitsAction)
 	if err != nil {
-		return polkitAnswer{}, fmt.Errorf("dial %s: %w", address, err)
+		return polkitAnswer{}, err
 	}
-	defer conn.Close()
-	if err := conn.Auth([]godbus.Auth{godbus.AuthExternal(strconv.Itoa(os.Getuid()))}); err != nil {
-		return polkitAnswer{}, fmt.Errorf("auth on %s: %w", address, err)
-	}
-	if err := conn.Hello(); err != nil {
-		return polkitAnswer{}, fmt.Errorf("hello on %s: %w", address, err)
-	}
-	names := conn.Names()
-	if len(names) == 0 {
-		return polkitAnswer{}, errors.New("the bus assigned no unique name")
-	}
-	subject := struct {
-		Kind    string
-		Details map[string]godbus.Variant
-	}{"system-bus-name", map[string]godbus.Variant{"name": godbus.MakeVariant(names[0])}}
-	var result struct {
-		Authorized bool
-		Challenge  bool
-		Details    map[string]string
-	}
-	obj := conn.Object("org.freedesktop.PolicyKit1", "/org/freedesktop/PolicyKit1/Authority")
-	const noInteraction = uint32(0)
-	err = obj.CallWithContext(ctx, "org.freedesktop.PolicyKit1.Authority.CheckAuthorization", 0,
-		subject, manageUnitsAction, map[string]string{}, noInteraction, "").Store(&result)
-	if err != nil {
-		return polkitAnswer{}, fmt.Errorf("polkit CheckAuthorization: %w", err)
-	}
-	return polkitAnswer{authorized: result.Authorized, challenge: result.Challenge}, nil
+	return polkitAnswer{authorized: a.Authorized, challenge: a.Challenge}, nil
 }
 
 // transientPermission decides whether the manager would start transient
