@@ -23,88 +23,21 @@ REPEAT=${BENCH_REPEAT:-3}
 SWITCH_DURATION=${BENCH_SWITCH_DURATION:-20}
 SWITCHES=${BENCH_SWITCHES:-20}
 BASE=${BENCH_PORT_BASE:-18000}
-UP_A=$((BASE + 1)) UP_B=$((BASE + 2)) NGINX=$((BASE + 90)) RB=$((BASE + 80)) ADMIN=$((BASE + 85))
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-
-need() {
-	command -v "$1" >/dev/null 2>&1 && return
-	echo "installing $2 (apt-get)" >&2
-	apt-get install -y "$2" >/dev/null
-}
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
 need wrk wrk
 need nginx nginx
 need curl curl
+ports_free "$UP_A" "$UP_B" "$NGINX" "$RB" "$ADMIN"
+build upstream rbproxy
 
-TMP=$(mktemp -d /tmp/rollbridge-bench.XXXXXX)
-PIDS=()
-cleanup() {
-	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-	for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-	rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-for port in $UP_A $UP_B $NGINX $RB $ADMIN; do
-	if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-		echo "port $port is in use; set BENCH_PORT_BASE" >&2
-		exit 1
-	fi
-done
-
-echo "building bench/upstream and bench/rbproxy" >&2
-(cd "$ROOT" && CGO_ENABLED=0 go build -o "$TMP/" ./bench/upstream ./bench/rbproxy)
-
-wait_port() {
-	for _ in $(seq 100); do
-		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-		sleep 0.05
-	done
-	echo "nothing listens on 127.0.0.1:$1" >&2
-	exit 1
-}
-
-"$TMP/upstream" -addr "127.0.0.1:$UP_A" -name a >/dev/null &
-PIDS+=($!); UPA_PID=$!
-"$TMP/upstream" -addr "127.0.0.1:$UP_B" -name b >/dev/null &
-PIDS+=($!)
-
-mkdir -p "$TMP/nginx"
-ACCESS_LOG="access_log off;"
-[ "${BENCH_NGINX_ACCESS_LOG:-0}" = 1 ] && ACCESS_LOG="access_log $TMP/nginx/access.log;"
-cat >"$TMP/nginx/nginx.conf" <<NGINX
-worker_processes auto;
-daemon off;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log;
-events { worker_connections 4096; }
-http {
-	$ACCESS_LOG
-	client_body_temp_path $TMP/nginx/body;
-	proxy_temp_path $TMP/nginx/proxy;
-	fastcgi_temp_path $TMP/nginx/fastcgi;
-	uwsgi_temp_path $TMP/nginx/uwsgi;
-	scgi_temp_path $TMP/nginx/scgi;
-	upstream app { server 127.0.0.1:$UP_A; keepalive 128; }
-	server {
-		listen 127.0.0.1:$NGINX;
-		location / {
-			proxy_pass http://app;
-			proxy_http_version 1.1;
-			proxy_set_header Connection "";
-			proxy_set_header Host \$host;
-			proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-		}
-	}
-}
-NGINX
-nginx -c "$TMP/nginx/nginx.conf" -p "$TMP/nginx" &
-PIDS+=($!); NGINX_PID=$!
-
+start_upstream "$UP_A" a
+UPA_PID=$UP_PID
+start_upstream "$UP_B" b
+start_nginx
 PROFILE_ARGS=()
 [ -n "${BENCH_CPUPROFILE:-}" ] && PROFILE_ARGS=(-cpuprofile "$BENCH_CPUPROFILE")
-"$TMP/rbproxy" -listen "127.0.0.1:$RB" -a "127.0.0.1:$UP_A" -b "127.0.0.1:$UP_B" \
-	-admin "127.0.0.1:$ADMIN" "${PROFILE_ARGS[@]}" >/dev/null &
-PIDS+=($!); RB_PID=$!
+start_rbproxy -b "127.0.0.1:$UP_B" -admin "127.0.0.1:$ADMIN" "${PROFILE_ARGS[@]}"
 
 wait_port "$UP_A"; wait_port "$UP_B"; wait_port "$NGINX"; wait_port "$RB"; wait_port "$ADMIN"
 

@@ -402,3 +402,109 @@ func TestForwardedPortFromListenerWithoutHost(t *testing.T) {
 		t.Fatalf("got %q; want X-Forwarded-Port %s from the listener", got, port)
 	}
 }
+
+// readBody reads one response from br and returns its status and body.
+func readBody(t *testing.T, br *bufio.Reader) (int, string) {
+	t.Helper()
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.StatusCode, string(b)
+}
+
+// TestIdleConnectionSleepsWithoutBuffers: a keep-alive connection idle past
+// idleShrink gives its buffers back and waits on one byte; the next
+// request — its first byte alone, then the rest, then two pipelined — is
+// served as if it had never slept, and the idle timeout still applies.
+func TestIdleConnectionSleepsWithoutBuffers(t *testing.T) {
+	p, base := startProxy(t, Options{idleShrink: 20 * time.Millisecond, IdleTimeout: 500 * time.Millisecond})
+	mustSwitch(t, p, "r", startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, r.Method+" "+r.URL.Path)
+	})))
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(conn)
+	io.WriteString(conn, "GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+	if code, body := readBody(t, br); code != 200 || body != "GET /1" {
+		t.Fatalf("first request: %d %q", code, body)
+	}
+
+	time.Sleep(100 * time.Millisecond) // asleep without buffers
+	io.WriteString(conn, "G")
+	time.Sleep(50 * time.Millisecond) // the woken connection waits for the rest
+	io.WriteString(conn, "ET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
+	if code, body := readBody(t, br); code != 200 || body != "GET /2" {
+		t.Fatalf("request after sleeping, first byte alone: %d %q", code, body)
+	}
+
+	time.Sleep(100 * time.Millisecond)
+	io.WriteString(conn, "GET /3 HTTP/1.1\r\nHost: x\r\n\r\nGET /4 HTTP/1.1\r\nHost: x\r\n\r\n")
+	for i := 3; i <= 4; i++ {
+		if code, body := readBody(t, br); code != 200 || body != fmt.Sprintf("GET /%d", i) {
+			t.Fatalf("pipelined request %d after sleeping: %d %q", i, code, body)
+		}
+	}
+
+	start := time.Now()
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("idle connection: %v; want EOF after the idle timeout", err)
+	}
+	if d := time.Since(start); d < 400*time.Millisecond {
+		t.Errorf("closed after %v of idleness, before the 500ms idle timeout", d)
+	}
+}
+
+// TestShutdownClosesSleepingIdleConnection: a shutdown reaches a keep-alive
+// connection sleeping without buffers at once, not at its idle timeout.
+func TestShutdownClosesSleepingIdleConnection(t *testing.T) {
+	p, err := New(Options{idleShrink: 20 * time.Millisecond, IdleTimeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustSwitch(t, p, "r", named(t, "x"))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := contextWithCancel()
+	defer cancel()
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(ctx, ln) }()
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(conn)
+	io.WriteString(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	if code, body := readBody(t, br); code != 200 || body != "x" {
+		t.Fatalf("request: %d %q", code, body)
+	}
+	time.Sleep(100 * time.Millisecond) // asleep without buffers
+	start := time.Now()
+	cancel()
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("sleeping idle connection at shutdown: %v; want closed", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("closed %v after the shutdown began", d)
+	}
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not return")
+	}
+}

@@ -86,6 +86,11 @@ type Options struct {
 	// errors, drain cuts, and panics while serving a connection (with the
 	// stack). Without it the proxy logs nothing.
 	Logger *slog.Logger
+
+	// idleShrink is how long a keep-alive connection waits for its next
+	// request holding its buffers (default idleShrinkAfter; tests shorten
+	// it).
+	idleShrink time.Duration
 }
 
 func (o Options) withDefaults() (Options, error) {
@@ -102,6 +107,7 @@ func (o Options) withDefaults() (Options, error) {
 		{"UpstreamIdleTimeout", &o.UpstreamIdleTimeout, DefaultUpstreamIdleTimeout},
 		{"WebSocketCloseGrace", &o.WebSocketCloseGrace, DefaultWebSocketCloseGrace},
 		{"ShutdownTimeout", &o.ShutdownTimeout, DefaultShutdownTimeout},
+		{"idleShrink", &o.idleShrink, idleShrinkAfter},
 	}
 	for _, d := range durations {
 		if *d.v < 0 {

@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"slices"
@@ -30,6 +32,9 @@ type Proxy struct {
 	opts   Options
 	dialer *net.Dialer
 	bufs   sync.Pool // *[]byte of copyBufferSize, for response bodies
+	// Client connection buffers, returned by idle keep-alive connections.
+	readers sync.Pool // *bufio.Reader of connBufferSize
+	writers sync.Pool // *bufio.Writer of connBufferSize
 
 	active atomic.Pointer[target]
 
@@ -37,7 +42,36 @@ type Proxy struct {
 	releases map[string]*release
 }
 
-const copyBufferSize = 32 << 10
+const (
+	copyBufferSize = 32 << 10
+	connBufferSize = 4 << 10
+)
+
+func (p *Proxy) getReader(r io.Reader) *bufio.Reader {
+	if br, ok := p.readers.Get().(*bufio.Reader); ok {
+		br.Reset(r)
+		return br
+	}
+	return bufio.NewReaderSize(r, connBufferSize)
+}
+
+func (p *Proxy) putReader(br *bufio.Reader) {
+	br.Reset(nil)
+	p.readers.Put(br)
+}
+
+func (p *Proxy) getWriter(w io.Writer) *bufio.Writer {
+	if bw, ok := p.writers.Get().(*bufio.Writer); ok {
+		bw.Reset(w)
+		return bw
+	}
+	return bufio.NewWriterSize(w, connBufferSize)
+}
+
+func (p *Proxy) putWriter(bw *bufio.Writer) {
+	bw.Reset(nil)
+	p.writers.Put(bw)
+}
 
 // New returns a Proxy with no active release (requests get 503 until
 // Switch). It returns an error for invalid options.

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -72,7 +73,18 @@ func (cc *clientConn) serveWebSocket(req *http.Request) {
 		cc.detach(uc, false)
 		return
 	}
-	t := newTunnel(cc.conn, cc.br, uc.conn, uc.br)
+	// The tunnel copies with buffers of its own and writes to the sockets
+	// directly: the connections' buffers go (back to the pools) unless
+	// they still hold early bytes to relay.
+	cc.p.putWriter(cc.bw)
+	cc.bw = nil
+	uc.bw = nil
+	fromClient := cc.p.unbuffered(cc.br, cc.conn)
+	if fromClient != io.Reader(cc.br) {
+		cc.br = nil
+	}
+	fromBackend := cc.p.unbuffered(uc.br, uc.conn)
+	t := newTunnel(cc.conn, fromClient, uc.conn, fromBackend)
 	cc.tun.Store(t)
 	cc.state.Store(connTunnel)
 	// From attach on, a drain cut goes to t; one that came earlier is
@@ -85,6 +97,16 @@ func (cc *clientConn) serveWebSocket(req *http.Request) {
 	if err := t.run(); err != nil {
 		cc.p.report(x, cc.describe(req, fmt.Errorf("websocket: %w", err)))
 	}
+}
+
+// unbuffered returns conn itself when br holds no unread byte, having given
+// br back to the pool (nothing may use it afterwards), else br.
+func (p *Proxy) unbuffered(br *bufio.Reader, conn net.Conn) io.Reader {
+	if br.Buffered() > 0 {
+		return br
+	}
+	p.putReader(br)
+	return conn
 }
 
 // writeSwitch writes the upstream's 101 head as received (its Connection

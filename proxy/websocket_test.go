@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -302,5 +304,92 @@ func TestRelayInjectsCloseOnlyAtFrameBoundary(t *testing.T) {
 	want := append(append([]byte{}, f1...), closeFrame(false)...)
 	if b := <-got; !bytes.Equal(b, want) {
 		t.Fatalf("stream %q; want the first frame, then the close frame, and nothing of the next frame", b)
+	}
+}
+
+// TestWebSocketEarlyBytesAreRelayed: bytes that arrive with the handshake —
+// a client frame sent with the upgrade request, a server frame sent with
+// the 101 — sit in the connections' read buffers when the tunnel starts;
+// they must be relayed first, then the sockets are copied directly.
+func TestWebSocketEarlyBytesAreRelayed(t *testing.T) {
+	clientFrame := func(msg string) []byte { // masked, as a client must send
+		key := []byte{1, 2, 3, 4}
+		f := []byte{0x81, 0x80 | byte(len(msg)), key[0], key[1], key[2], key[3]}
+		for i := range len(msg) {
+			f = append(f, msg[i]^key[i%4])
+		}
+		return f
+	}
+	serverFrame := func(msg string) []byte { return append([]byte{0x81, byte(len(msg))}, msg...) }
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	upstreamErr := make(chan error, 1)
+	go func() {
+		upstreamErr <- func() error {
+			c, err := ln.Accept()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			br := bufio.NewReader(c)
+			if _, err := http.ReadRequest(br); err != nil {
+				return err
+			}
+			// The 101 and a first frame in one write.
+			if _, err := io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+				"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"+string(serverFrame("early-up"))); err != nil {
+				return err
+			}
+			for _, want := range [][]byte{clientFrame("early-client"), clientFrame("later-client")} {
+				got := make([]byte, len(want))
+				if _, err := io.ReadFull(br, got); err != nil {
+					return fmt.Errorf("read client frame: %w", err)
+				}
+				if !bytes.Equal(got, want) {
+					return fmt.Errorf("upstream got %q, want %q", got, want)
+				}
+			}
+			_, err = c.Write(serverFrame("later-up"))
+			return err
+		}()
+	}()
+
+	p, base := startProxy(t, Options{})
+	mustSwitch(t, p, "a", ln.Addr().String())
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	// The upgrade request and a first frame in one write.
+	if _, err := conn.Write(append([]byte("GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"), clientFrame("early-client")...)); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	res, err := http.ReadResponse(br, nil)
+	if err != nil || res.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("handshake: %v %v", res, err)
+	}
+	readFrame := func(want []byte) {
+		t.Helper()
+		got := make([]byte, len(want))
+		if _, err := io.ReadFull(br, got); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("client got %q (%v), want %q", got, err, want)
+		}
+	}
+	readFrame(serverFrame("early-up"))
+	if _, err := conn.Write(clientFrame("later-client")); err != nil {
+		t.Fatal(err)
+	}
+	readFrame(serverFrame("later-up"))
+	if err := <-upstreamErr; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -7,6 +7,9 @@
 //
 //	POST /switch   switch to the other upstream; replies with the new release id
 //	GET  /status   proxy.Snapshot() as JSON
+//	GET  /debug/pprof/…  net/http/pprof (heap, goroutine, …)
+//	POST /gc       collect garbage and return freed memory to the OS (what
+//	               the resident set settles to, for bench/memory.sh)
 //
 // SIGHUP also switches. With -cpuprofile a CPU profile is written at exit.
 package main
@@ -18,9 +21,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	httppprof "net/http/pprof"
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"sync"
@@ -166,6 +171,12 @@ func serveAdmin(ctx context.Context, addr string, sw *switcher) {
 	})
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(sw.p.Snapshot())
+	})
+	mux.HandleFunc("/debug/pprof/", httppprof.Index)
+	mux.HandleFunc("POST /gc", func(w http.ResponseWriter, r *http.Request) {
+		runtime.GC() // twice: the first only moves sync.Pool contents to its victim cache
+		debug.FreeOSMemory()
+		w.WriteHeader(http.StatusNoContent)
 	})
 	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {

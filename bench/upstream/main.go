@@ -5,13 +5,17 @@
 //	/slow20ms  "ok\n" after 20 ms
 //	/ping      200, for health checks
 //	/stats     requests served so far, as JSON
+//	/ws        a WebSocket handshake (101), then every byte echoed back
 package main
 
 import (
 	"context"
+	"crypto/sha1"
+	"encoding/base64"
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -50,6 +54,7 @@ func run(addr, name string) error {
 		w.Write(body)
 	})
 	mux.HandleFunc("/ping", func(w http.ResponseWriter, r *http.Request) { w.Write(body) })
+	mux.HandleFunc("/ws", echoWebSocket)
 	mux.HandleFunc("/stats", func(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(map[string]any{"name": name, "served": served.Load()})
 	})
@@ -67,4 +72,26 @@ func run(addr, name string) error {
 		return err
 	}
 	return nil
+}
+
+// echoWebSocket accepts a WebSocket handshake and echoes the raw stream (the
+// benchmark only needs the connection held open through the proxy).
+func echoWebSocket(w http.ResponseWriter, r *http.Request) {
+	key := r.Header.Get("Sec-WebSocket-Key")
+	if key == "" {
+		http.Error(w, "not a websocket handshake", http.StatusBadRequest)
+		return
+	}
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	sum := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
+	fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
+		base64.StdEncoding.EncodeToString(sum[:]))
+	if brw.Flush() != nil {
+		return
+	}
+	io.Copy(conn, brw)
 }
