@@ -32,9 +32,7 @@ ulimit -n 20000
 build upstream rbproxy holdconns
 
 start_upstream "$UP_A" a
-start_nginx
-start_rbproxy -admin "127.0.0.1:$ADMIN"
-wait_port "$UP_A"; wait_port "$NGINX"; wait_port "$RB"; wait_port "$ADMIN"
+wait_port "$UP_A"
 
 # rss_kib PID…: resident KiB of the processes and their children.
 rss_kib() {
@@ -49,15 +47,24 @@ rss_kib() {
 
 settle() { curl -sf -X POST "http://127.0.0.1:$ADMIN/gc" >/dev/null; sleep 0.2; }
 
-# hold NAME PORT N PID [-ws]: per-connection KiB while N connections are
-# held (rollbridge: also after settle).
+# hold nginx|rollbridge N [-ws]: per-connection KiB while N connections are
+# held (rollbridge: also after settle), measured on a fresh proxy process
+# (both keep memory a previous round grew: nginx its connection pool).
 hold() {
-	local name=$1 port=$2 n=$3 pid=$4 path=/tiny ws=
-	[ "${5:-}" = -ws ] && path=/ws ws=-ws
-	local before after settled fifo="$TMP/hold.fifo" line
-	[ "$pid" = "$RB_PID" ] && settle
+	local target=$1 n=$2 path=/tiny ws= kind=idle port pid
+	[ "${3:-}" = -ws ] && path=/ws ws=-ws kind=ws
+	local before after settled fifo="$TMP/hold.fifo" line=
+	if [ "$target" = nginx ]; then
+		start_nginx; port=$NGINX pid=$NGINX_PID
+	else
+		start_rbproxy -admin "127.0.0.1:$ADMIN"; port=$RB pid=$RB_PID
+		wait_port "$ADMIN"
+	fi
+	wait_port "$port"
+	sleep 0.5
+	[ "$target" = rollbridge ] && settle
 	before=$(rss_kib "$pid")
-	rm -f "$fifo"; mkfifo "$fifo"
+	rm -f "$fifo" "$TMP/hold.out"; mkfifo "$fifo"
 	# holdconns holds until its stdin (the fifo) closes.
 	"$TMP/holdconns" -addr "127.0.0.1:$port" -n "$n" -path "$path" $ws <"$fifo" >"$TMP/hold.out" 2>&1 &
 	local hpid=$!
@@ -65,28 +72,29 @@ hold() {
 	for _ in $(seq 600); do
 		read -r line <"$TMP/hold.out" 2>/dev/null || true
 		[[ $line == held* ]] && break
-		kill -0 "$hpid" 2>/dev/null || { cat "$TMP/hold.out" >&2; echo "holdconns failed against $name" >&2; exit 1; }
+		kill -0 "$hpid" 2>/dev/null || { cat "$TMP/hold.out" >&2; echo "holdconns failed against $target" >&2; exit 1; }
 		sleep 0.1
 	done
-	[[ $line == held* ]] || { echo "holdconns did not finish against $name" >&2; exit 1; }
+	[[ $line == held* ]] || { echo "holdconns did not finish against $target" >&2; exit 1; }
 	# 2 s: past the proxy's 1 s idle-buffer release, within its 5 s idle timeout.
 	sleep 2
 	after=$(rss_kib "$pid")
 	settled=$after
-	[ "$pid" = "$RB_PID" ] && settle && settled=$(rss_kib "$pid")
+	[ "$target" = rollbridge ] && settle && settled=$(rss_kib "$pid")
 	exec 7>&-
 	wait "$hpid" || true
-	echo "$name $(awk -v a="$after" -v s="$settled" -v b="$before" -v n="$n" 'BEGIN {printf "%.2f %.2f", (a - b) / n, (s - b) / n}')" >>"$TMP/results"
-	sleep 1 # let the servers close their side
+	echo "$target-$kind $(awk -v a="$after" -v s="$settled" -v b="$before" -v n="$n" 'BEGIN {printf "%.2f %.2f", (a - b) / n, (s - b) / n}')" >>"$TMP/results"
+	kill "$pid"
+	wait "$pid" 2>/dev/null || true
 }
 
 : >"$TMP/results"
 for round in $(seq "$REPEAT"); do
 	echo "round $round/$REPEAT" >&2
-	hold nginx-idle "$NGINX" "$CONNS" "$NGINX_PID"
-	hold rollbridge-idle "$RB" "$CONNS" "$RB_PID"
-	hold nginx-ws "$NGINX" "$WS" "$NGINX_PID" -ws
-	hold rollbridge-ws "$RB" "$WS" "$RB_PID" -ws
+	hold nginx "$CONNS"
+	hold rollbridge "$CONNS"
+	hold nginx "$WS" -ws
+	hold rollbridge "$WS" -ws
 done
 
 median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
@@ -94,7 +102,7 @@ col() { awk -v n="$1" -v c="${2:-2}" '$1 == n {print $c}' "$TMP/results" | media
 
 echo
 echo "Resident memory added per held connection (KiB), median of $REPEAT runs; nginx counts master and workers."
-echo "Later rounds reuse memory the first one grew (Go keeps freed heap, nginx its connection pool), so they can read lower."
+echo "Each figure is taken on a fresh proxy process. Settled: after a forced GC that returns freed memory to the OS."
 echo
 echo "| connections | nginx KiB/conn | rollbridge held KiB/conn | ratio | rollbridge settled KiB/conn | ratio |"
 echo "|---|---:|---:|---:|---:|---:|"

@@ -15,9 +15,11 @@ import (
 	"time"
 )
 
-// tunnelBufferSize is the per-direction copy buffer of an open WebSocket.
-// It is small because WebSockets are long-lived and numerous.
-const tunnelBufferSize = 8 << 10
+// tunnelBufferSize is the per-direction copy buffer an open WebSocket
+// holds. It is small because WebSockets are long-lived, numerous and mostly
+// quiet; a read that fills it borrows a pooled copyBufferSize buffer for
+// the rest of the burst (see pump).
+const tunnelBufferSize = 512
 
 // serveWebSocket forwards a WebSocket upgrade on its own upstream
 // connection (not from the keep-alive pool) and, after a 101, relays bytes
@@ -84,7 +86,10 @@ func (cc *clientConn) serveWebSocket(req *http.Request) {
 		cc.br = nil
 	}
 	fromBackend := cc.p.unbuffered(uc.br, uc.conn)
-	t := newTunnel(cc.conn, fromClient, uc.conn, fromBackend)
+	if fromBackend != io.Reader(uc.br) {
+		uc.br = nil
+	}
+	t := newTunnel(&cc.p.bufs, cc.conn, fromClient, uc.conn, fromBackend)
 	cc.tun.Store(t)
 	cc.state.Store(connTunnel)
 	// From attach on, a drain cut goes to t; one that came earlier is
@@ -136,6 +141,7 @@ func (cc *clientConn) wsFail(req *http.Request, err error) {
 
 // tunnel relays an established WebSocket.
 type tunnel struct {
+	bufs                    *sync.Pool // the Proxy's copyBufferSize buffers
 	client, backend         net.Conn
 	fromClient, fromBackend io.Reader // buffered readers: they may hold early bytes
 	toClient, toBackend     relay
@@ -147,8 +153,8 @@ type tunnel struct {
 	closeOnce sync.Once
 }
 
-func newTunnel(client net.Conn, fromClient io.Reader, backend net.Conn, fromBackend io.Reader) *tunnel {
-	t := &tunnel{client: client, backend: backend, fromClient: fromClient, fromBackend: fromBackend}
+func newTunnel(bufs *sync.Pool, client net.Conn, fromClient io.Reader, backend net.Conn, fromBackend io.Reader) *tunnel {
+	t := &tunnel{bufs: bufs, client: client, backend: backend, fromClient: fromClient, fromBackend: fromBackend}
 	t.toClient.dst = client
 	t.toBackend.dst = backend
 	t.toBackend.mask = true // frames a client (here: the proxy) sends are masked
@@ -160,13 +166,13 @@ func newTunnel(client net.Conn, fromClient io.Reader, backend net.Conn, fromBack
 func (t *tunnel) run() error {
 	clientDone := make(chan error, 1)
 	go func() {
-		_, werr := t.pump(t.fromClient, &t.toBackend)
+		_, werr := t.pump(t.fromClient, &t.toBackend, t.bufs)
 		if !t.going.Load() {
 			t.closeBoth()
 		}
 		clientDone <- werr
 	}()
-	rerr, _ := t.pump(t.fromBackend, &t.toClient)
+	rerr, _ := t.pump(t.fromBackend, &t.toClient, t.bufs)
 	if !t.going.Load() {
 		t.closeBoth()
 	}
@@ -188,8 +194,20 @@ func (t *tunnel) run() error {
 
 // pump copies src into d until either fails. readErr is src's error,
 // writeErr d's; errors caused by closeBoth are dropped.
-func (t *tunnel) pump(src io.Reader, d *relay) (readErr, writeErr error) {
-	buf := make([]byte, tunnelBufferSize)
+//
+// It reads into a small buffer of its own; a read that fills it means a
+// burst, so the following reads use a buffer borrowed from the pool, given
+// back once a read returns less than the small buffer holds (the burst is
+// over). A quiet WebSocket holds 2 × tunnelBufferSize, not 2 × 32 KiB.
+func (t *tunnel) pump(src io.Reader, d *relay, pool *sync.Pool) (readErr, writeErr error) {
+	small := make([]byte, tunnelBufferSize)
+	buf := small
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			pool.Put(big)
+		}
+	}()
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
@@ -199,6 +217,14 @@ func (t *tunnel) pump(src io.Reader, d *relay) (readErr, writeErr error) {
 				}
 				return nil, werr
 			}
+		}
+		switch {
+		case big == nil && n == len(small):
+			big = pool.Get().(*[]byte)
+			buf = *big
+		case big != nil && n < len(small):
+			pool.Put(big)
+			big, buf = nil, small
 		}
 		if err != nil {
 			if t.closing.Load() {

@@ -307,29 +307,33 @@ func TestRelayInjectsCloseOnlyAtFrameBoundary(t *testing.T) {
 	}
 }
 
-// TestWebSocketEarlyBytesAreRelayed: bytes that arrive with the handshake —
-// a client frame sent with the upgrade request, a server frame sent with
-// the 101 — sit in the connections' read buffers when the tunnel starts;
-// they must be relayed first, then the sockets are copied directly.
-func TestWebSocketEarlyBytesAreRelayed(t *testing.T) {
-	clientFrame := func(msg string) []byte { // masked, as a client must send
-		key := []byte{1, 2, 3, 4}
-		f := []byte{0x81, 0x80 | byte(len(msg)), key[0], key[1], key[2], key[3]}
-		for i := range len(msg) {
-			f = append(f, msg[i]^key[i%4])
-		}
-		return f
+// wsClientFrame is a masked text frame, as a client sends it (payload
+// below 126 bytes).
+func wsClientFrame(msg string) []byte {
+	key := []byte{1, 2, 3, 4}
+	f := []byte{0x81, 0x80 | byte(len(msg)), key[0], key[1], key[2], key[3]}
+	for i := range len(msg) {
+		f = append(f, msg[i]^key[i%4])
 	}
-	serverFrame := func(msg string) []byte { return append([]byte{0x81, byte(len(msg))}, msg...) }
+	return f
+}
 
+// wsServerFrame is an unmasked text frame (payload below 126 bytes).
+func wsServerFrame(msg string) []byte { return append([]byte{0x81, byte(len(msg))}, msg...) }
+
+// rawWSUpstream accepts one WebSocket handshake on a raw socket, answers
+// 101 followed by early (in the same write), then runs after; its error is
+// sent on the returned channel.
+func rawWSUpstream(t *testing.T, early []byte, after func(c net.Conn, br *bufio.Reader) error) (string, <-chan error) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	upstreamErr := make(chan error, 1)
+	done := make(chan error, 1)
 	go func() {
-		upstreamErr <- func() error {
+		done <- func() error {
 			c, err := ln.Accept()
 			if err != nil {
 				return err
@@ -340,36 +344,29 @@ func TestWebSocketEarlyBytesAreRelayed(t *testing.T) {
 			if _, err := http.ReadRequest(br); err != nil {
 				return err
 			}
-			// The 101 and a first frame in one write.
-			if _, err := io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
-				"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"+string(serverFrame("early-up"))); err != nil {
+			if _, err := c.Write(append([]byte("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+				"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"), early...)); err != nil {
 				return err
 			}
-			for _, want := range [][]byte{clientFrame("early-client"), clientFrame("later-client")} {
-				got := make([]byte, len(want))
-				if _, err := io.ReadFull(br, got); err != nil {
-					return fmt.Errorf("read client frame: %w", err)
-				}
-				if !bytes.Equal(got, want) {
-					return fmt.Errorf("upstream got %q, want %q", got, want)
-				}
-			}
-			_, err = c.Write(serverFrame("later-up"))
-			return err
+			return after(c, br)
 		}()
 	}()
+	return ln.Addr().String(), done
+}
 
-	p, base := startProxy(t, Options{})
-	mustSwitch(t, p, "a", ln.Addr().String())
+// rawWSDial sends a WebSocket handshake through the proxy at base,
+// followed by early in the same write, and returns the connection after
+// the 101.
+func rawWSDial(t *testing.T, base string, early []byte) (net.Conn, *bufio.Reader) {
+	t.Helper()
 	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() })
 	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	// The upgrade request and a first frame in one write.
 	if _, err := conn.Write(append([]byte("GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"), clientFrame("early-client")...)); err != nil {
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"), early...)); err != nil {
 		t.Fatal(err)
 	}
 	br := bufio.NewReader(conn)
@@ -377,19 +374,81 @@ func TestWebSocketEarlyBytesAreRelayed(t *testing.T) {
 	if err != nil || res.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("handshake: %v %v", res, err)
 	}
-	readFrame := func(want []byte) {
-		t.Helper()
-		got := make([]byte, len(want))
-		if _, err := io.ReadFull(br, got); err != nil || !bytes.Equal(got, want) {
-			t.Fatalf("client got %q (%v), want %q", got, err, want)
-		}
+	return conn, br
+}
+
+// readExactly reads len(want) bytes from r and fails unless they are want.
+func readExactly(r io.Reader, want []byte) error {
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(r, got); err != nil {
+		return err
 	}
-	readFrame(serverFrame("early-up"))
-	if _, err := conn.Write(clientFrame("later-client")); err != nil {
+	if !bytes.Equal(got, want) {
+		return fmt.Errorf("got %d bytes %.40q…, want %.40q…", len(got), got, want)
+	}
+	return nil
+}
+
+// TestWebSocketEarlyBytesAreRelayed: bytes that arrive with the handshake —
+// a client frame sent with the upgrade request, a server frame sent with
+// the 101 — sit in the connections' read buffers when the tunnel starts;
+// they must be relayed first, then the sockets are copied directly.
+func TestWebSocketEarlyBytesAreRelayed(t *testing.T) {
+	addr, upstreamErr := rawWSUpstream(t, wsServerFrame("early-up"), func(c net.Conn, br *bufio.Reader) error {
+		for _, want := range [][]byte{wsClientFrame("early-client"), wsClientFrame("later-client")} {
+			if err := readExactly(br, want); err != nil {
+				return fmt.Errorf("upstream: %w", err)
+			}
+		}
+		_, err := c.Write(wsServerFrame("later-up"))
+		return err
+	})
+	p, base := startProxy(t, Options{})
+	mustSwitch(t, p, "a", addr)
+	conn, br := rawWSDial(t, base, wsClientFrame("early-client"))
+	if err := readExactly(br, wsServerFrame("early-up")); err != nil {
 		t.Fatal(err)
 	}
-	readFrame(serverFrame("later-up"))
+	if _, err := conn.Write(wsClientFrame("later-client")); err != nil {
+		t.Fatal(err)
+	}
+	if err := readExactly(br, wsServerFrame("later-up")); err != nil {
+		t.Fatal(err)
+	}
 	if err := <-upstreamErr; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestWebSocketBurstsAndSmallFrames: a 4 MiB frame (read with a borrowed
+// large buffer) and small frames before and after it (read with the
+// tunnel's small one) cross the proxy intact, both ways.
+func TestWebSocketBurstsAndSmallFrames(t *testing.T) {
+	addr, upstreamErr := rawWSUpstream(t, nil, func(c net.Conn, br *bufio.Reader) error {
+		_, err := io.Copy(c, br) // echo until the client closes
+		return err
+	})
+	p, base := startProxy(t, Options{})
+	mustSwitch(t, p, "a", addr)
+	conn, br := rawWSDial(t, base, nil)
+
+	payload := make([]byte, 4<<20)
+	rand.NewChaCha8([32]byte{7}).Read(payload)
+	big := append([]byte{0x82, 0xff, 0, 0, 0, 0, 0, byte(len(payload) >> 16), 0, 0, 9, 8, 7, 6}, payload...) // 64-bit length, masked
+	big[9] = byte(len(payload))
+	big[8] = byte(len(payload) >> 8)
+	for _, f := range [][]byte{wsClientFrame("before"), big, wsClientFrame("after"), wsClientFrame("again")} {
+		writeErr := make(chan error, 1)
+		go func() { _, err := conn.Write(f); writeErr <- err }()
+		if err := readExactly(br, f); err != nil {
+			t.Fatalf("echo of a %d-byte frame: %v", len(f), err)
+		}
+		if err := <-writeErr; err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn.Close()
+	if err := <-upstreamErr; err != nil && !errors.Is(err, net.ErrClosed) {
 		t.Fatal(err)
 	}
 }
