@@ -412,6 +412,7 @@ func (s *Server) handleLine(ctx, streamCtx context.Context, c *conn, line []byte
 	result, err := s.Handler.Handle(ctx, req, c.peer)
 	if err != nil {
 		s.fail(ctx, c, req, err)
+		endAfterReply(c, req)
 		return
 	}
 	if stream, ok := result.(Stream); ok {
@@ -433,9 +434,15 @@ func (s *Server) handleLine(ctx, streamCtx context.Context, c *conn, line []byte
 		return
 	}
 	_ = s.reply(c, out)
+	endAfterReply(c, req)
+}
+
+// endAfterReply closes the connection after the reply to a shutdown or
+// retire-owner, success or error: the reply is the completion signal and
+// the daemon ends the connection after it (spec §3.6 step 9, §7.3), so a
+// client holding it open cannot delay the daemon's exit.
+func endAfterReply(c *conn, req Request) {
 	if req.Command == CmdShutdown || req.Command == CmdRetireOwner {
-		// The reply is the completion signal; the daemon ends the
-		// connection after it (spec §7.3).
 		c.Close()
 	}
 }

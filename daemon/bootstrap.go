@@ -99,7 +99,7 @@ func (d *daemon) activate(ctx context.Context, b *Bootstrap) error {
 		d.log.Info("signal received during bootstrap activation; shutting down")
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
 		defer cancel()
-		_ = d.mgr.Shutdown(sctx)
+		_ = d.stopAll(sctx)
 		close(aborted)
 	})
 	_, err := d.mgr.Deploy(context.WithoutCancel(ctx), release.DeployRequest{ReleasePath: b.ReleasePath, ReleaseID: b.ReleaseID, Revision: b.Revision})
@@ -115,7 +115,7 @@ func (d *daemon) activate(ctx context.Context, b *Bootstrap) error {
 		d.events.Emit("bootstrap activation failed", map[string]any{"releaseId": b.ReleaseID, "status": "error"})
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
 		defer cancel()
-		_ = d.mgr.Shutdown(sctx)
+		_ = d.stopAll(sctx)
 		d.stopProxy()
 		return fmt.Errorf("bootstrap activation of release %s failed: %w", b.ReleaseID, err)
 	}
@@ -130,7 +130,7 @@ func (d *daemon) retireOwner(ctx context.Context, b *Bootstrap, passed map[strin
 	fail := func(err error) error {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
 		defer cancel()
-		_ = d.mgr.Shutdown(sctx)
+		_ = d.stopAll(sctx)
 		return err
 	}
 	req := control.Request{Command: control.CmdRetireOwner, Attestation: b.Attestation}
@@ -189,7 +189,7 @@ func (d *daemon) retire(ctx context.Context, attestation string) (any, error) {
 			_ = d.stopProxy()
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
 			defer cancel()
-			_ = d.mgr.Shutdown(sctx)
+			_ = d.stopAll(sctx)
 			d.shutOnce.Do(func() { close(d.done) })
 		}()
 	})

@@ -194,7 +194,7 @@ func (d *daemon) run(ctx context.Context, loadOpts config.LoadOptions) (err erro
 	ln, err := d.controlListener(ctx, passed)
 	if err != nil {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
-		_ = d.mgr.Shutdown(sctx)
+		_ = d.stopAll(sctx)
 		cancel()
 		d.stopProxy()
 		return err
@@ -347,6 +347,21 @@ func (d *daemon) stopProxy() error {
 	return nil
 }
 
+// stopAll stops every managed process (Manager.Shutdown) and then, with
+// nothing left in it, the application's slice, so no path out of the
+// daemon leaves an empty slice active.
+func (d *daemon) stopAll(ctx context.Context) error {
+	if err := d.mgr.Shutdown(ctx); err != nil {
+		return err
+	}
+	if s, ok := d.runner.(interface{ StopSlice(context.Context) error }); ok {
+		if err := s.StopSlice(ctx); err != nil {
+			d.log.Warn("stopping the application slice failed", "error", err.Error())
+		}
+	}
+	return nil
+}
+
 // shutdown is spec §3.6: stop accepting control connections (keeping the
 // requester's), remove the socket file, stop every process in parallel,
 // close the proxy. Concurrent calls share one run.
@@ -360,13 +375,8 @@ func (d *daemon) shutdown(ctx context.Context) error {
 		if err := os.Remove(d.cfg.Control.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("control socket unlink failed: %w", err))
 		}
-		if err := d.mgr.Shutdown(ctx); err != nil {
+		if err := d.stopAll(ctx); err != nil {
 			errs = append(errs, err)
-		} else if s, ok := d.runner.(interface{ StopSlice(context.Context) error }); ok {
-			// Everything stopped: the app's empty slice goes too.
-			if err := s.StopSlice(ctx); err != nil {
-				d.log.Warn("stopping the application slice failed", "error", err.Error())
-			}
 		}
 		if err := d.stopProxy(); err != nil {
 			errs = append(errs, fmt.Errorf("proxy close failed: %w", err))

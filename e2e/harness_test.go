@@ -19,7 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rollbridge/rollbridge/dbusctl"
 	"github.com/rollbridge/rollbridge/dbusctl/dbusctltest"
+	"github.com/rollbridge/rollbridge/units"
 )
 
 var (
@@ -201,11 +203,39 @@ func (e *env) cleanup() {
 	if _, err := os.Stat(e.ctlPath); err == nil {
 		_, _ = e.rbErr("shutdown")
 	}
+	if e.runner == "systemd" {
+		e.stopLeftovers()
+	}
 	if e.t.Failed() {
 		e.t.Logf("daemon log:\n%s", tail(e.logs.String(), 60))
 	}
 	os.Remove(e.ctlPath)
 	os.RemoveAll(e.dir)
+}
+
+// stopLeftovers fails the test for any unit of the app, or its slice, still
+// loaded after the daemon's shutdown, and stops them so nothing outlives
+// the test.
+func (e *env) stopLeftovers() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := dbusctl.Dial(ctx, dbusctl.Options{Bus: dbusctl.BusAuto})
+	if err != nil {
+		e.t.Errorf("cleanup: %v", err)
+		return
+	}
+	defer conn.Close()
+	infos, err := conn.ListUnits(ctx, units.AppUnitPattern(e.app), units.AppSlice(e.app))
+	if err != nil {
+		e.t.Errorf("cleanup: %v", err)
+		return
+	}
+	for _, u := range infos {
+		e.t.Errorf("cleanup: %s is still %s after the daemon's shutdown; stopping it", u.Name, u.ActiveState)
+		if err := conn.Stop(ctx, u.Name); err != nil {
+			e.t.Errorf("cleanup: stop %s: %v", u.Name, err)
+		}
+	}
 }
 
 func tail(s string, n int) string {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -223,8 +224,13 @@ func (a *app) eventsCommand() *cobra.Command {
 					return err
 				}
 				line := ev.At + "  " + ev.Message
-				if d := string(ev.Data); d != "" && d != "{}" && d != "null" {
-					line += " " + d
+				// Compact JSON of non-empty data (spec §6.9), however the
+				// daemon spaced its reply.
+				var data bytes.Buffer
+				if json.Compact(&data, ev.Data) == nil {
+					if d := data.String(); d != "{}" && d != "null" {
+						line += " " + d
+					}
 				}
 				fmt.Fprintln(a.stdout, line)
 			}

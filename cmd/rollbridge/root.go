@@ -10,6 +10,10 @@ import (
 	"github.com/spf13/cobra"
 )
 
+// Help and completion list the commands in registration order, which is the
+// original's order (spec §6.0), not alphabetically.
+func init() { cobra.EnableCommandSorting = false }
+
 // app carries what every command needs; there is no package-level state so
 // tests can run commands in parallel with their own streams and working dir.
 type app struct {
