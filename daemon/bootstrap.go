@@ -181,6 +181,14 @@ func (d *daemon) retire(ctx context.Context, attestation string) (any, error) {
 		if ul, ok := d.ctlLn.(*net.UnixListener); ok {
 			ul.SetUnlinkOnClose(false)
 		}
+		if d.proxyLn != nil {
+			// Stop accepting before the reply (spec §3.7 step 4), so the new
+			// owner's bind never races our accept loop; Serve then drains the
+			// connections it has. (Serve may report the closed listener as
+			// its error; retiring ignores it.)
+			d.proxyCancel()
+			d.proxyLn.Close()
+		}
 		d.events.Emit("external owner retired", map[string]any{"attestation": attestation, "status": "draining"})
 		go func() {
 			// Stop accepting now and let in-flight requests finish against

@@ -208,17 +208,11 @@ func (d *daemon) run(ctx context.Context, loadOpts config.LoadOptions) (err erro
 			d.events.Emit("control connection error", map[string]any{"code": errCode(err), "error": err.Error()})
 		},
 	}
-	ctlDone := make(chan error, 1)
-	go func() { ctlDone <- d.ctl.Serve(life, ln) }()
-	if mx != nil {
-		d.startMetrics(ctx, life, mx, passed)
-	} else {
-		for _, unused := range passed[metricsFDName] {
-			unused.Close() // passed on, but metrics are off
-		}
-	}
 	if d.cfg.StatePath != "" {
-		// Persistence starts once the control socket is exposed (spec §8.1).
+		// Persistence starts once the control socket is exposed (spec
+		// §8.1), and before the first request is served: a shutdown must
+		// find the store to finish it, or the file would be written after
+		// the shutdown and left behind.
 		d.state = &stateStore{
 			path:     d.cfg.StatePath,
 			snapshot: d.snapshot,
@@ -228,6 +222,15 @@ func (d *daemon) run(ctx context.Context, loadOpts config.LoadOptions) (err erro
 		}
 		d.state.write(life)
 		go d.state.run(life)
+	}
+	ctlDone := make(chan error, 1)
+	go func() { ctlDone <- d.ctl.Serve(life, ln) }()
+	if mx != nil {
+		d.startMetrics(ctx, life, mx, passed)
+	} else {
+		for _, unused := range passed[metricsFDName] {
+			unused.Close() // passed on, but metrics are off
+		}
 	}
 	d.announceReady()
 	hup := make(chan os.Signal, 1)
@@ -374,6 +377,11 @@ func (d *daemon) shutdown(ctx context.Context) error {
 		}
 		if err := os.Remove(d.cfg.Control.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("control socket unlink failed: %w", err))
+		}
+		if d.state != nil {
+			// No state writes while stopping (spec §3.6 step 4): finish
+			// below deletes or rewrites the file once.
+			d.state.halt()
 		}
 		if err := d.stopAll(ctx); err != nil {
 			errs = append(errs, err)

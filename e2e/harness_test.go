@@ -206,7 +206,7 @@ func (e *env) cleanup() {
 	if e.runner == "systemd" {
 		e.stopLeftovers()
 	}
-	if e.t.Failed() {
+	if e.t.Failed() && e.logs != nil {
 		e.t.Logf("daemon log:\n%s", tail(e.logs.String(), 60))
 	}
 	os.Remove(e.ctlPath)

@@ -96,18 +96,22 @@ func (m *Manager) deploy(ctx context.Context, req DeployRequest, rollbackOf stri
 	rc := cfg.ReleaseContext(id, req.ReleasePath, revision, alloc.ports, m.env)
 	rc.ReplicaPorts = alloc.replicaPorts
 
+	// On a failure, "deploy failed" comes before the persistent services
+	// this deploy started are stopped (spec §3.1 step 9).
 	started, err := m.startServices(actx, cfg, rc, alloc)
 	if err != nil {
+		err = m.deployFailed(id, err)
 		m.stopServices(ctx, started)
-		return DeployResult{}, m.deployFailed(id, err)
+		return DeployResult{}, err
 	}
 	if err := m.startRelease(actx, rec, rc, alloc); err != nil {
 		if m.isStopping() {
 			err = errShuttingDown
 		}
 		m.cleanupRelease(ctx, rec, err)
+		err = m.deployFailed(id, err)
 		m.stopServices(ctx, started)
-		return DeployResult{}, m.deployFailed(id, err)
+		return DeployResult{}, err
 	}
 
 	// Success: adopt the config, register, activate, switch the whole pool.

@@ -84,12 +84,19 @@ func (m *Manager) reattach() {
 
 // Quiesce prepares a retiring owner (spec §3.7 step 3): refuse further
 // deploys, cancel pending restarts and memory samplers, mark every instance
+// — services, singletons, registered releases and releases still starting —
 // as stopping on request and run its quietCommand (bounded), in parallel.
 // Shutdown then does the full graceful stop.
 func (m *Manager) Quiesce(ctx context.Context) {
 	m.markStopping()
+	all := m.all()
+	m.mu.Lock()
+	for r := range m.starting {
+		all = append(all, r.list()...)
+	}
+	m.mu.Unlock()
 	var wg sync.WaitGroup
-	for _, in := range m.all() {
+	for _, in := range all {
 		in.mu.Lock()
 		in.idleTimersLocked()
 		in.stopRequested = true

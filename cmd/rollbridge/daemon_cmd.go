@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -141,8 +142,10 @@ appended to --daemon-log-path and whose pid is written to --daemon-pid-path.`,
 
 // ensureDaemon implements ensure-daemon and returns the daemon's status.
 func (a *app) ensureDaemon(ctx context.Context, explicit string, f ensureFlags) (json.RawMessage, error) {
+	// A finite number ≥ 1 (spec §6.1): ParseFloat also accepts NaN and
+	// Inf, which would end the wait at once.
 	timeout, err := strconv.ParseFloat(f.timeoutMs, 64)
-	if err != nil || timeout < 1 {
+	if err != nil || math.IsNaN(timeout) || math.IsInf(timeout, 0) || timeout < 1 {
 		return nil, errors.New("--daemon-start-timeout-ms must be a positive number")
 	}
 	resolved, err := config.ResolvePath(explicit, a.cwd)
@@ -179,7 +182,13 @@ func (a *app) ensureDaemon(ctx context.Context, explicit string, f ensureFlags) 
 	if err != nil {
 		return nil, err
 	}
-	deadline := time.Now().Add(time.Duration(timeout * float64(time.Millisecond)))
+	// A timeout beyond time.Duration's range waits (practically) forever
+	// instead of overflowing into a deadline in the past.
+	wait := time.Duration(math.MaxInt64)
+	if ns := timeout * float64(time.Millisecond); ns < float64(math.MaxInt64) {
+		wait = time.Duration(ns)
+	}
+	deadline := time.Now().Add(wait)
 	var last error
 	for time.Now().Before(deadline) {
 		reply, err := control.Call(ctx, cfg.Control.Path, control.Request{Command: control.CmdStatus})
