@@ -173,8 +173,11 @@ func (d *daemon) retire(ctx context.Context, attestation string) (any, error) {
 		if d.state != nil {
 			d.state.halt() // the file is left as is for the new owner
 		}
-		d.ctl.Stop(ctx)
+		// Quiet every instance first (step 3), then release the
+		// listeners (step 4): the quiet hooks run while this daemon still
+		// owns its sockets.
 		d.mgr.Quiesce(ctx)
+		d.ctl.Stop(ctx)
 		if err := os.Remove(d.cfg.Control.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			d.log.Warn("remove control socket", "error", err)
 		}

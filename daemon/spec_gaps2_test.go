@@ -1412,3 +1412,39 @@ func TestShutdownJoinsStepFailures(t *testing.T) {
 		t.Errorf("%d stop attempts after a second shutdown, want 3", n)
 	}
 }
+
+// TestRetireOwnerQuietsBeforeReleasingListeners (OWN-02, spec §3.7 steps
+// 3–4): every instance's quietCommand has run while the old owner still
+// held its control socket; only then are the listeners released.
+func TestRetireOwnerQuietsBeforeReleasingListeners(t *testing.T) {
+	// The hook names the control socket and a marker file, both known only
+	// once newInproc picked the directory: placeholders, replaced below.
+	quiet := `if [ -S __CTL__ ]; then echo held >> __MARK__; else echo released >> __MARK__; fi`
+	d := newInproc(t, inprocOpts{processes: fmt.Sprintf(`{id: "web", policy: "proxied", command: "exec sleep 1000", port: {from: 0, to: 0}, health: false, lifecycle: {quietCommand: %s}},
+    {id: "worker", command: "exec sleep 1000", lifecycle: {quietCommand: %s}}`, jsString(quiet), jsString(quiet))})
+	marker := filepath.Join(d.dir, "quiet.txt")
+	src, err := os.ReadFile(d.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src = []byte(strings.NewReplacer("__CTL__", d.ctlPath, "__MARK__", marker).Replace(string(src)))
+	if err := os.WriteFile(d.config, src, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.startReady()
+	d.deploy("v1")
+	att := "sha256:" + strings.Repeat("0123456789abcdef", 4)
+	if _, err := d.call(control.Request{Command: control.CmdRetireOwner, Attestation: att}); err != nil {
+		t.Fatalf("retire-owner: %v", err)
+	}
+	b, err := os.ReadFile(marker)
+	if err != nil {
+		t.Fatalf("no quiet hook ran before the reply: %v", err)
+	}
+	if got := strings.Fields(string(b)); len(got) != 2 || got[0] != "held" || got[1] != "held" {
+		t.Errorf("control socket at each quiet hook: %v, want [held held] (quiet before releasing the listeners)", got)
+	}
+	if err := d.mustEnd(); err != nil {
+		t.Errorf("Run after retirement: %v", err)
+	}
+}
