@@ -25,6 +25,7 @@ func IncompatibleChanges(old, new *Config) []string {
 	add(old.Proxy.UpstreamHost != new.Proxy.UpstreamHost, "proxy.upstreamHost")
 	add(old.Proxy.ConnectTimeout != new.Proxy.ConnectTimeout, "proxy.connectTimeoutMs")
 	add(old.Proxy.ResponseHeaderTimeout != new.Proxy.ResponseHeaderTimeout, "proxy.responseHeaderTimeoutMs")
+	add(old.Proxy.DrainOnShutdown != new.Proxy.DrainOnShutdown, "proxy.drainOnShutdown")
 	add(!sameTopology(old.Processes, new.Processes), "processes")
 	return changed
 }

@@ -123,6 +123,11 @@ type Proxy struct {
 	// response head (0: unbounded, as the original). Go additions.
 	ConnectTimeout        time.Duration
 	ResponseHeaderTimeout time.Duration
+	// DrainOnShutdown makes a full shutdown (SIGTERM, `rollbridge
+	// shutdown`) stop accepting and let in-flight proxied requests finish,
+	// bounded by DrainTimeout, before the processes stop (spec §11.3; a Go
+	// addition, off by default as the original).
+	DrainOnShutdown bool
 }
 
 // ReleaseRetention is the stopped-release retention policy.

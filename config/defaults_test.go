@@ -96,10 +96,16 @@ func TestProxyDefaultsFollowSettings(t *testing.T) {
 	if p.GracefulStop != (units.Grace{Timeout: 2500 * time.Millisecond}) {
 		t.Errorf("gracefulStop = %+v", p.GracefulStop)
 	}
+	if cfg.Proxy.DrainOnShutdown {
+		t.Error("proxy.drainOnShutdown defaults to false (the original does not drain on shutdown)")
+	}
 	if cfg.Proxy.ConnectTimeout != 0 || cfg.Proxy.ResponseHeaderTimeout != 0 {
 		t.Errorf("proxy timeouts default to the proxy's own: %v %v", cfg.Proxy.ConnectTimeout, cfg.Proxy.ResponseHeaderTimeout)
 	}
-	timed := mustLoad(t, `export default {application: "x", proxy: {connectTimeoutMs: 1500, responseHeaderTimeoutMs: 120000}, processes: [`+webWith(``)+`]}`)
+	timed := mustLoad(t, `export default {application: "x", proxy: {connectTimeoutMs: 1500, responseHeaderTimeoutMs: 120000, drainOnShutdown: true}, processes: [`+webWith(``)+`]}`)
+	if !timed.Proxy.DrainOnShutdown {
+		t.Error("proxy.drainOnShutdown: true not read")
+	}
 	if timed.Proxy.ConnectTimeout != 1500*time.Millisecond || timed.Proxy.ResponseHeaderTimeout != 2*time.Minute {
 		t.Errorf("proxy timeouts = %v %v", timed.Proxy.ConnectTimeout, timed.Proxy.ResponseHeaderTimeout)
 	}

@@ -37,6 +37,7 @@ type jsonProxy struct {
 	// Go additions; absent when 0 (the defaults).
 	ConnectTimeoutMs        float64 `json:"connectTimeoutMs,omitempty"`
 	ResponseHeaderTimeoutMs float64 `json:"responseHeaderTimeoutMs,omitempty"`
+	DrainOnShutdown         bool    `json:"drainOnShutdown,omitempty"`
 }
 
 type jsonRetention struct {
@@ -143,6 +144,7 @@ func (c *Config) MarshalJSON() ([]byte, error) {
 			ForceStopTimeoutMs:      ms(c.Proxy.ForceStopTimeout),
 			ConnectTimeoutMs:        ms(c.Proxy.ConnectTimeout),
 			ResponseHeaderTimeoutMs: ms(c.Proxy.ResponseHeaderTimeout),
+			DrainOnShutdown:         c.Proxy.DrainOnShutdown,
 		},
 		Processes:        make([]jsonProcess, 0, len(c.Processes)),
 		ReleaseRetention: jsonRetention{Keep: c.ReleaseRetention.Keep, MaxAgeMs: ms(c.ReleaseRetention.MaxAge)},

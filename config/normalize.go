@@ -113,6 +113,7 @@ func (n *normalizer) proxy(src *value) Proxy {
 	p.ForceStopTimeout = n.duration(src.get("forceStopTimeoutMs"), "proxy.forceStopTimeoutMs", DefaultForceStopTimeout)
 	p.ConnectTimeout = n.nonNegativeDuration(src.get("connectTimeoutMs"), "proxy.connectTimeoutMs", 0)
 	p.ResponseHeaderTimeout = n.nonNegativeDuration(src.get("responseHeaderTimeoutMs"), "proxy.responseHeaderTimeoutMs", 0)
+	p.DrainOnShutdown = n.boolean(src.get("drainOnShutdown"), "proxy.drainOnShutdown", false)
 	return p
 }
 
@@ -1142,6 +1143,7 @@ var examples = map[string]string{
 	"proxy.forceStopTimeoutMs":             `10000`,
 	"proxy.connectTimeoutMs":               `5000`,
 	"proxy.responseHeaderTimeoutMs":        `120000`,
+	"proxy.drainOnShutdown":                `true`,
 	"processes":                            `[{id: "web", policy: "proxied", command: "node server.js --port {{port}}", port: {from: 18000, to: 18099}}]`,
 	"releaseRetention":                     `{keep: 10, maxAgeMs: 604800000}`,
 	"releaseRetention.keep":                `10`,

@@ -221,6 +221,7 @@ func TestIncompatibleChanges(t *testing.T) {
 		{`c.proxy.upstreamHost = "10.0.0.1"`, []string{"proxy.upstreamHost"}},
 		{`c.proxy.connectTimeoutMs = 1000`, []string{"proxy.connectTimeoutMs"}},
 		{`c.proxy.responseHeaderTimeoutMs = 30000`, []string{"proxy.responseHeaderTimeoutMs"}},
+		{`c.proxy.drainOnShutdown = true`, []string{"proxy.drainOnShutdown"}},
 		{`c.processes[1].replicas = 3`, []string{"processes"}},
 		{`c.processes[1].policy = "singleton"; c.processes[1].replicas = 1`, []string{"processes"}},
 		{`c.processes[0].port = {from: 18000, to: 18100}`, []string{"processes"}},

@@ -83,6 +83,7 @@ var validationCases = []struct {
 		[]string{"proxy.connectTimeoutMs must be a non-negative number", "proxy.responseHeaderTimeoutMs must be a non-negative number"}},
 	{"proxy numbers wrong types", top(`proxy: {upstreamHost: 1, healthPath: 2, healthTimeoutMs: "x", drainTimeoutMs: Infinity, forceStopTimeoutMs: {}}`),
 		[]string{"proxy.upstreamHost must be a string", "proxy.healthPath must be a string", "proxy.healthTimeoutMs must be a number", "proxy.drainTimeoutMs must be a number", "proxy.forceStopTimeoutMs must be a number"}},
+	{"proxy.drainOnShutdown not a boolean", top(`proxy: {drainOnShutdown: "yes"}`), []string{"proxy.drainOnShutdown must be a boolean"}},
 	{"proxy numbers unchecked range", top(`proxy: {drainTimeoutMs: -5, healthTimeoutMs: 0.5}`), nil},
 
 	// §2.5 releaseRetention, statePath

@@ -97,6 +97,8 @@ type daemon struct {
 	serving     bool
 	proxyCancel context.CancelFunc
 	proxyDone   chan error
+	proxyStop   sync.Once // stopProxy runs once (a drain-on-shutdown stops it early)
+	proxyErr    error
 
 	// bootstrap is reported in status after a successful activation.
 	bootstrap         *Bootstrap
@@ -335,19 +337,24 @@ func (d *daemon) bindProxy(ctx context.Context, passed map[string][]net.Listener
 	return nil
 }
 
+// stopProxy stops accepting, lets in-flight requests finish (bounded by
+// proxy.drainTimeoutMs; WebSockets get a 1001 close) and returns when the
+// proxy is done. Later calls return the first call's result.
 func (d *daemon) stopProxy() error {
 	if d.proxyLn == nil {
 		return nil // never bound (takeover not reached)
 	}
-	d.proxyCancel()
-	if !d.serving {
-		return d.proxyLn.Close()
-	}
-	err := <-d.proxyDone
-	if err != nil && !errors.Is(err, context.Canceled) {
-		return err
-	}
-	return nil
+	d.proxyStop.Do(func() {
+		d.proxyCancel()
+		if !d.serving {
+			d.proxyErr = d.proxyLn.Close()
+			return
+		}
+		if err := <-d.proxyDone; err != nil && !errors.Is(err, context.Canceled) {
+			d.proxyErr = err
+		}
+	})
+	return d.proxyErr
 }
 
 // stopAll stops every managed process (Manager.Shutdown) and then, with
@@ -383,11 +390,22 @@ func (d *daemon) shutdown(ctx context.Context) error {
 			// below deletes or rewrites the file once.
 			d.state.halt()
 		}
+		if d.cfg.Proxy.DrainOnShutdown {
+			// proxy.drainOnShutdown (spec §11.3): no new connections, and
+			// the in-flight requests finish before their processes stop.
+			start := time.Now()
+			if err := d.stopProxy(); err != nil {
+				errs = append(errs, fmt.Errorf("proxy close failed: %w", err))
+			}
+			d.log.Info("proxy drained for shutdown", "elapsed", time.Since(start).String())
+		}
 		if err := d.stopAll(ctx); err != nil {
 			errs = append(errs, err)
 		}
-		if err := d.stopProxy(); err != nil {
-			errs = append(errs, fmt.Errorf("proxy close failed: %w", err))
+		if !d.cfg.Proxy.DrainOnShutdown {
+			if err := d.stopProxy(); err != nil {
+				errs = append(errs, fmt.Errorf("proxy close failed: %w", err))
+			}
 		}
 		if d.state != nil {
 			if err := d.state.finish(d.orphans.live()); err != nil {

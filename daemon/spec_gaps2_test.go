@@ -73,6 +73,10 @@ func runTestApp(port string) {
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(w, "release %s\n", os.Getenv(units.EnvReleaseID))
 	})
+	mux.HandleFunc("/slow", func(w http.ResponseWriter, _ *http.Request) {
+		time.Sleep(800 * time.Millisecond)
+		io.WriteString(w, "slow done\n")
+	})
 	mux.HandleFunc("/hold", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "holding\n")
 		w.(http.Flusher).Flush()
@@ -203,6 +207,7 @@ type inprocOpts struct {
 	statePath string // "" = none; "auto" = <dir>/state.json
 	hook      func(logRecord)
 	metrics   string // Options.MetricsListen
+	proxy     string // extra fields of the proxy object, e.g. "drainOnShutdown: true"
 }
 
 // newInproc writes the config; start runs the daemon.
@@ -223,10 +228,10 @@ func newInproc(t *testing.T, o inprocOpts) *inproc {
 	src := fmt.Sprintf(`export default {
   application: "spec",
   control: {path: %s},
-  proxy: {port: 0, drainTimeoutMs: 10000, forceStopTimeoutMs: 500},
+  proxy: {port: 0, drainTimeoutMs: 10000, forceStopTimeoutMs: 500, %s},
   %sprocesses: [%s]
 }
-`, jsString(d.ctlPath), state, o.processes)
+`, jsString(d.ctlPath), o.proxy, state, o.processes)
 	if err := os.WriteFile(d.config, []byte(src), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -1446,5 +1451,57 @@ func TestRetireOwnerQuietsBeforeReleasingListeners(t *testing.T) {
 	}
 	if err := d.mustEnd(); err != nil {
 		t.Errorf("Run after retirement: %v", err)
+	}
+}
+
+// TestDrainOnShutdown (IMP-06, spec §11.3): with proxy.drainOnShutdown a
+// request in flight when the shutdown begins is answered before its process
+// is stopped; without it (the original's behaviour) the process is stopped
+// under it and the request fails. The test app exits at once on SIGTERM.
+func TestDrainOnShutdown(t *testing.T) {
+	for _, drain := range []bool{false, true} {
+		t.Run(fmt.Sprintf("drainOnShutdown=%v", drain), func(t *testing.T) {
+			d := newInproc(t, inprocOpts{processes: appProcess(t, ""), proxy: fmt.Sprintf("drainOnShutdown: %v", drain)})
+			d.startReady()
+			d.deploy("v1")
+			url := fmt.Sprintf("http://127.0.0.1:%d/slow", d.proxyPort())
+			type result struct {
+				status int
+				body   string
+				err    error
+			}
+			res := make(chan result, 1)
+			go func() {
+				resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(url)
+				if err != nil {
+					res <- result{err: err}
+					return
+				}
+				b, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				res <- result{resp.StatusCode, string(b), err}
+			}()
+			time.Sleep(200 * time.Millisecond) // the request is in flight
+			start := time.Now()
+			if _, err := d.call(control.Request{Command: control.CmdShutdown}); err != nil {
+				t.Fatalf("shutdown: %v", err)
+			}
+			took := time.Since(start)
+			r := <-res
+			if drain {
+				if r.err != nil || r.status != http.StatusOK || r.body != "slow done\n" {
+					t.Errorf("in-flight request during a draining shutdown: %d %q %v, want 200 \"slow done\"", r.status, r.body, r.err)
+				}
+				if took < 400*time.Millisecond {
+					t.Errorf("shutdown replied after %v, before the in-flight request could finish", took)
+				}
+			} else if r.err == nil && r.status == http.StatusOK {
+				t.Errorf("without drainOnShutdown the request still got 200 %q: the process was not stopped under it", r.body)
+			}
+			t.Logf("drainOnShutdown=%v: shutdown took %v; request: %d %v", drain, took.Round(time.Millisecond), r.status, r.err)
+			if err := d.mustEnd(); err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		})
 	}
 }
