@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -111,30 +110,7 @@ const baseConfig = `export default {
 
 func newHarness(t *testing.T, src string) *harness {
 	t.Helper()
-	dir := t.TempDir()
-	path := filepath.Join(dir, "rollbridge.js")
-	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	h := &harness{t: t, runner: unitstest.NewFake("demo"), traffic: newFakeTraffic(), cfgPath: path, dir: dir}
-	load := func(ctx context.Context) (*config.Config, error) {
-		return config.Load(ctx, path, config.LoadOptions{Env: []string{"PATH=/usr/bin:/bin"}})
-	}
-	cfg, err := load(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.m = startManager(t, Options{
-		Config: cfg, Reload: load, Runner: h.runner, Traffic: h.traffic,
-		Health: func(ctx context.Context, url string, _ config.Health) error {
-			if h.health != nil {
-				return h.health(url)
-			}
-			return nil
-		},
-		Env: []string{"PATH=/usr/bin:/bin"},
-	})
-	return h
+	return newHarnessWith(t, src, nil)
 }
 
 // startManager creates a Manager from opts and runs it until the test
