@@ -194,9 +194,10 @@ func (d *daemon) retire(ctx context.Context, attestation string) (any, error) {
 		}
 		d.events.Emit("external owner retired", map[string]any{"attestation": attestation, "status": "draining"})
 		go func() {
-			// Stop accepting now and let in-flight requests finish against
-			// the old release (bounded by the drain timeout) before its
-			// processes stop: the new owner serves new connections already.
+			// Let the in-flight requests (the listener is closed already)
+			// finish against the old release, bounded by the drain
+			// timeout, before its processes stop: the new owner serves
+			// new connections already.
 			_ = d.stopProxy()
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
 			defer cancel()

@@ -390,22 +390,26 @@ func (d *daemon) shutdown(ctx context.Context) error {
 			// below deletes or rewrites the file once.
 			d.state.halt()
 		}
-		if d.cfg.Proxy.DrainOnShutdown {
-			// proxy.drainOnShutdown (spec §11.3): no new connections, and
-			// the in-flight requests finish before their processes stop.
-			start := time.Now()
+		closeProxy := func() {
 			if err := d.stopProxy(); err != nil {
 				errs = append(errs, fmt.Errorf("proxy close failed: %w", err))
 			}
+		}
+		// proxy.drainOnShutdown (spec §11.3): the proxy closes first, so
+		// no new connections arrive and the requests in flight finish
+		// before their processes stop. Otherwise (the original) the
+		// processes stop first.
+		drainFirst := d.cfg.Proxy.DrainOnShutdown
+		if drainFirst {
+			start := time.Now()
+			closeProxy()
 			d.log.Info("proxy drained for shutdown", "elapsed", time.Since(start).String())
 		}
 		if err := d.stopAll(ctx); err != nil {
 			errs = append(errs, err)
 		}
-		if !d.cfg.Proxy.DrainOnShutdown {
-			if err := d.stopProxy(); err != nil {
-				errs = append(errs, fmt.Errorf("proxy close failed: %w", err))
-			}
+		if !drainFirst {
+			closeProxy()
 		}
 		if d.state != nil {
 			if err := d.state.finish(d.orphans.live()); err != nil {
