@@ -108,3 +108,23 @@ start_rbproxy() {
 	RB_PID=$!
 	PIDS+=("$RB_PID")
 }
+
+# proc_sum FILE AWK PID…: the sum of what AWK prints from /proc/<task>/FILE
+# over the processes and their children.
+proc_sum() {
+	local file=$1 prog=$2 sum=0 pid task
+	shift 2
+	for pid in "$@"; do
+		for task in $(pgrep -P "$pid" 2>/dev/null) "$pid"; do
+			[ -r "/proc/$task/$file" ] && sum=$((sum + $(awk "$prog" "/proc/$task/$file")))
+		done
+	done
+	echo "$sum"
+}
+
+# median: the median of the numbers on stdin.
+median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+
+# col NAME [COLUMN]: the median of COLUMN (default 2) over the rows of
+# $TMP/results whose first field is NAME.
+col() { awk -v n="$1" -v c="${2:-2}" '$1 == n {print $c}' "$TMP/results" | median; }

@@ -35,15 +35,7 @@ start_upstream "$UP_A" a
 wait_port "$UP_A"
 
 # rss_kib PID…: resident KiB of the processes and their children.
-rss_kib() {
-	local sum=0 pid task
-	for pid in "$@"; do
-		for task in $(pgrep -P "$pid" 2>/dev/null) "$pid"; do
-			[ -r "/proc/$task/status" ] && sum=$((sum + $(awk '/^VmRSS:/ {print $2}' "/proc/$task/status")))
-		done
-	done
-	echo "$sum"
-}
+rss_kib() { proc_sum status '/^VmRSS:/ {print $2}' "$@"; }
 
 settle() { curl -sf -X POST "http://127.0.0.1:$ADMIN/gc" >/dev/null; sleep 0.2; }
 
@@ -97,8 +89,6 @@ for round in $(seq "$REPEAT"); do
 	hold rollbridge "$WS" -ws
 done
 
-median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
-col() { awk -v n="$1" -v c="${2:-2}" '$1 == n {print $c}' "$TMP/results" | median; }
 
 echo
 echo "Resident memory added per held connection (KiB), median of $REPEAT runs; nginx counts master and workers."

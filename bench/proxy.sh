@@ -42,15 +42,7 @@ start_rbproxy -b "127.0.0.1:$UP_B" -admin "127.0.0.1:$ADMIN" "${PROFILE_ARGS[@]}
 wait_port "$UP_A"; wait_port "$UP_B"; wait_port "$NGINX"; wait_port "$RB"; wait_port "$ADMIN"
 
 # cpu_ticks PID... : user+system clock ticks of the processes and their children.
-cpu_ticks() {
-	local sum=0 pid
-	for pid in "$@"; do
-		for task in $(pgrep -P "$pid" 2>/dev/null) "$pid"; do
-			[ -r "/proc/$task/stat" ] && sum=$((sum + $(awk '{print $14+$15}' "/proc/$task/stat")))
-		done
-	done
-	echo "$sum"
-}
+cpu_ticks() { proc_sum stat '{print $14+$15}' "$@"; }
 
 # to_ms VALUE: wrk latency ("470.00us", "1.49ms", "1.02s") in milliseconds.
 to_ms() {
@@ -98,9 +90,6 @@ for round in $(seq "$REPEAT"); do
 	run rollbridge-slow "http://127.0.0.1:$RB/slow20ms" 100 "$RB_PID"
 done
 
-# Median of each column per name.
-median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
-col() { awk -v n="$1" -v c="$2" '$1 == n {print $c}' "$TMP/results" | median; }
 
 echo
 echo "Loopback, $(nproc) CPUs shared by wrk, upstream and proxy; wrk -t$THREADS -d$DURATION; median of $REPEAT interleaved runs."
