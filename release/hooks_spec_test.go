@@ -704,7 +704,7 @@ func TestMemoryChildrenSortedByPID(t *testing.T) {
 		if c.Command != strings.TrimSpace(string(comm)) || (c.Command != "sleep" && c.Command != "cat") {
 			t.Errorf("child %d command %q, want %q", c.PID, c.Command, strings.TrimSpace(string(comm)))
 		}
-		if rss := vmRSS(c.PID); c.RSSBytes == 0 || c.RSSBytes != rss {
+		if rss := units.RSSBytes(c.PID); c.RSSBytes == 0 || c.RSSBytes != rss {
 			t.Errorf("child %d rssBytes %d, want its VmRSS %d", c.PID, c.RSSBytes, rss)
 		}
 	}

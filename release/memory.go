@@ -1,13 +1,14 @@
 package release
 
 import (
-	"bufio"
 	"context"
 	"os"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/rollbridge/rollbridge/units"
 )
 
 // Memory supervision (spec §5.7): while an instance with a memory block
@@ -146,27 +147,8 @@ func readChildren(pids []int) []Child {
 		if err != nil {
 			continue
 		}
-		out = append(out, Child{Command: strings.TrimSpace(string(comm)), PID: pid, RSSBytes: vmRSS(pid)})
+		out = append(out, Child{Command: strings.TrimSpace(string(comm)), PID: pid, RSSBytes: units.RSSBytes(pid)})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].PID < out[j].PID })
 	return out
-}
-
-func vmRSS(pid int) uint64 {
-	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if rest, ok := strings.CutPrefix(s.Text(), "VmRSS:"); ok {
-			fields := strings.Fields(rest)
-			if len(fields) > 0 {
-				kb, _ := strconv.ParseUint(fields[0], 10, 64)
-				return kb * 1024
-			}
-		}
-	}
-	return 0
 }

@@ -1,15 +1,15 @@
 package exec
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"slices"
 	"strconv"
-	"strings"
 	"syscall"
+
+	"github.com/rollbridge/rollbridge/units"
 )
 
 // procInfo is the part of /proc/<pid>/stat the runner needs.
@@ -186,30 +186,9 @@ func signalTree(pgid int, members []procInfo, sig syscall.Signal) error {
 func rssBytes(members []procInfo) uint64 {
 	var sum uint64
 	for _, m := range members {
-		sum += vmRSS(m.pid)
+		sum += units.RSSBytes(m.pid)
 	}
 	return sum
-}
-
-func vmRSS(pid int) uint64 {
-	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:")
-		if !ok {
-			continue
-		}
-		kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-		if err != nil {
-			return 0
-		}
-		return kb * 1024
-	}
-	return 0
 }
 
 func pidsOf(members []procInfo) []int {

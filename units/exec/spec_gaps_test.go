@@ -6,14 +6,14 @@ package exec_test
 // status's children: release.TestMemoryChildrenSortedByPID).
 
 import (
-	"bufio"
-	"fmt"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rollbridge/rollbridge/units"
 )
 
 // groupMembers lists the live processes whose process group is pgid,
@@ -48,30 +48,10 @@ func groupMembers(t *testing.T, pgid int) []int {
 	return out
 }
 
-// vmRSSOf reads VmRSS of pid in bytes (0 when unreadable).
-func vmRSSOf(pid int) uint64 {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			fields := strings.Fields(rest)
-			if len(fields) > 0 {
-				kb, _ := strconv.ParseUint(fields[0], 10, 64)
-				return kb * 1024
-			}
-		}
-	}
-	return 0
-}
-
 func sumRSS(pids []int) uint64 {
 	var sum uint64
 	for _, pid := range pids {
-		sum += vmRSSOf(pid)
+		sum += units.RSSBytes(pid)
 	}
 	return sum
 }
@@ -112,7 +92,7 @@ func TestRSSSumsProcessGroup(t *testing.T) {
 		if before != after && attempt < 10 {
 			continue
 		}
-		leaderRSS := vmRSSOf(leader)
+		leaderRSS := units.RSSBytes(leader)
 		t.Logf("group RSS %d KiB, leader %d KiB, pids %v", got.MemoryBytes/1024, leaderRSS/1024, got.PIDs)
 		if got.MemoryBytes != before || got.MemoryBytes <= leaderRSS {
 			t.Errorf("MemoryBytes %d, want the VmRSS sum %d over %v (leader alone: %d)", got.MemoryBytes, before, members, leaderRSS)

@@ -193,21 +193,7 @@ func cgroupPIDs(cg string) []int {
 func sumRSS(pids []int) uint64 {
 	var total uint64
 	for _, pid := range pids {
-		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-		if err != nil {
-			continue
-		}
-		for line := range strings.SplitSeq(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-				f := strings.Fields(v) // "1234 kB"
-				if len(f) >= 1 {
-					if kb, err := strconv.ParseUint(f[0], 10, 64); err == nil {
-						total += kb * 1024
-					}
-				}
-				break
-			}
-		}
+		total += units.RSSBytes(pid)
 	}
 	return total
 }
