@@ -320,6 +320,19 @@ func (f *ensFakeControl) seen() []ensPeer {
 	return out
 }
 
+// expectStartedDaemonGaveUp: the daemon ensure-daemon started (its pid in
+// pidPath) probed the fake socket once, saw it answered, and exited.
+func (f *ensFakeControl) expectStartedDaemonGaveUp(t *testing.T, pidPath, why string) {
+	t.Helper()
+	pid := ensReadPidFile(t, pidPath)
+	if !ensWaitGone(pid, 10*time.Second) {
+		t.Errorf("the daemon that %s still runs (pid %d)", why, pid)
+	}
+	if d := f.of("daemon"); len(d) != 1 {
+		t.Errorf("the started daemon probed the socket %d times, want once", len(d))
+	}
+}
+
 func (f *ensFakeControl) of(command string) []ensPeer {
 	var out []ensPeer
 	for _, p := range f.seen() {
@@ -728,13 +741,7 @@ func TestEnsureDaemonReadinessPolling(t *testing.T) {
 		}
 	}
 	// The started daemon saw the socket in use and gave up.
-	pid := ensReadPidFile(t, pidPath)
-	if !ensWaitGone(pid, 10*time.Second) {
-		t.Errorf("the daemon that found the socket in use still runs (pid %d)", pid)
-	}
-	if d := f.of("daemon"); len(d) != 1 {
-		t.Errorf("the started daemon probed the socket %d times, want once", len(d))
-	}
+	f.expectStartedDaemonGaveUp(t, pidPath, "found the socket in use")
 	if b, _ := os.ReadFile(logPath); !strings.Contains(string(b), "is already in use by another process") {
 		t.Errorf("daemon log:\n%s", b)
 	}
@@ -829,13 +836,7 @@ func TestEnsureDaemonRechecksRuntimeAfterStart(t *testing.T) {
 			}
 			// This ensure-daemon did start a daemon, which lost the race
 			// (it may probe after the CLI got its answer).
-			pid := ensReadPidFile(t, pidPath)
-			if !ensWaitGone(pid, 10*time.Second) {
-				t.Errorf("the daemon that lost the race still runs (pid %d)", pid)
-			}
-			if d := f.of("daemon"); len(d) != 1 {
-				t.Errorf("the started daemon probed the socket %d times, want once", len(d))
-			}
+			f.expectStartedDaemonGaveUp(t, pidPath, "lost the race")
 			if b, _ := os.ReadFile(logPath); !strings.Contains(string(b), "is already running on "+e.ctlPath) {
 				t.Errorf("daemon log:\n%s", b)
 			}
